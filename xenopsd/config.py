@@ -100,11 +100,10 @@ def option_names() -> list[str]:
 def _convert(name: str, text: str) -> Any:
     for f in fields(Config):
         if f.name == name:
-            kind = type(f.default)
             try:
-                if kind is bool:
+                if f.type == "bool":
                     return parse_bool(text)
-                if kind is int:
+                if f.type == "int":
                     return int(text, 10)
             except ValueError as exc:
                 raise ConfigError(f"option {name.replace('_', '-')}: {exc}") from None

@@ -12,7 +12,9 @@ from typing import Any
 
 from xenopsd.api.marshal import float_repr
 
-_escape: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+_escape: Any = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+)
 
 
 class JsonTextError(ValueError):

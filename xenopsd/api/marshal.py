@@ -14,6 +14,7 @@ defaults for missing or undecodable fields that declare one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -367,6 +368,10 @@ def _variant(base: type[Variant]) -> _Codec:
     return _Codec(enc, dec)
 
 
+def _constant(value: Any) -> Any:
+    return value
+
+
 def _record(cls: type) -> _Codec:
     hints = typing.get_type_hints(cls, include_extras=True)
     # (name, codec, is option, default factory or _MISSING)
@@ -376,7 +381,7 @@ def _record(cls: type) -> _Codec:
         inner = _option_inner(tp)
         fcodec = codec(inner if inner is not None else tp)
         if f.default is not dataclasses.MISSING:
-            default: Any = (lambda d=f.default: d)
+            default: Any = functools.partial(_constant, f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory
         else:
