@@ -1,7 +1,13 @@
 # Declarations from xentoollog.h shared by the libxc and libxl bindings.
-cdef extern from "xentoollog.h":
-    ctypedef struct xentoollog_logger:
+cdef extern from "stdarg.h":
+    # Opaque here: only ever handed on to vsnprintf.
+    ctypedef struct va_list:
         pass
+
+cdef extern from "stdio.h":
+    int vsnprintf(char *s, size_t n, const char *fmt, va_list ap) nogil
+
+cdef extern from "xentoollog.h":
     ctypedef enum xentoollog_level:
         XTL_NONE
         XTL_DEBUG
@@ -13,5 +19,15 @@ cdef extern from "xentoollog.h":
         XTL_WARN
         XTL_ERROR
         XTL_CRITICAL
+
+    ctypedef struct xentoollog_logger:
+        void (*vmessage)(xentoollog_logger *logger, xentoollog_level level,
+                         int errnoval, const char *context, const char *format,
+                         va_list al) noexcept nogil
+        void (*progress)(xentoollog_logger *logger, const char *context,
+                         const char *doing_what, int percent,
+                         unsigned long done, unsigned long total) noexcept nogil
+        void (*destroy)(xentoollog_logger *logger) noexcept nogil
+
     ctypedef struct xentoollog_logger_stdiostream:
         pass
