@@ -36,8 +36,8 @@ class Config:
         metadata={"help": "simulator, xc or xenlight", "choices": ("simulator", "xc", "xenlight")},
     )
     instance: str = field(
-        default="simulator",
-        metadata={"help": "instance suffix of the queue name (classic, simulator, xenlight)"},
+        default="",
+        metadata={"help": "queue name suffix (default: classic for xc, else the backend's name)"},
     )
     sockets_path: str = field(
         default="/var/lib/xcp", metadata={"help": "directory of the xenopsd sockets"}
@@ -77,8 +77,12 @@ class Config:
     log_json: bool = field(default=False, metadata={"help": "log JSON lines instead of key=value"})
 
     @property
+    def instance_name(self) -> str:
+        return self.instance or ("classic" if self.backend == "xc" else self.backend)
+
+    @property
     def queue_name(self) -> str:
-        return self.queue or f"org.xen.xapi.xenops.{self.instance}"
+        return self.queue or f"org.xen.xapi.xenops.{self.instance_name}"
 
     @property
     def xml_socket(self) -> str:

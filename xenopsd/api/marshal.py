@@ -90,10 +90,10 @@ def decode(tp: Any, value: Any) -> Any:
 
 
 def is_option(tp: Any) -> bool:
-    return _option_inner(tp) is not None
+    return option_inner(tp) is not None
 
 
-def _option_inner(tp: Any) -> Any:
+def option_inner(tp: Any) -> Any:
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
@@ -103,7 +103,7 @@ def _option_inner(tp: Any) -> Any:
 
 
 def _build(tp: Any) -> _Codec:
-    inner = _option_inner(tp)
+    inner = option_inner(tp)
     if inner is not None:
         return _option(codec(inner))
     if typing.get_origin(tp) is typing.Annotated:
@@ -378,7 +378,7 @@ def _record(cls: type) -> _Codec:
     spec: list[tuple[str, _Codec, bool, Any]] = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        inner = _option_inner(tp)
+        inner = option_inner(tp)
         fcodec = codec(inner if inner is not None else tp)
         if f.default is not dataclasses.MISSING:
             default: Any = functools.partial(_constant, f.default)

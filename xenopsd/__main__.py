@@ -1,0 +1,3 @@
+from xenopsd.daemon import main
+
+main()
