@@ -8,6 +8,7 @@ client library and the docs are generated from the same table.
 from __future__ import annotations
 
 import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,9 @@ class Param:
     @property
     def optional(self) -> bool:
         """`T option` parameters may be omitted (None); nothing else may."""
-        return isinstance(self.type, types.UnionType) and type(None) in self.type.__args__
+        return type(None) in typing.get_args(self.type) and (
+            isinstance(self.type, types.UnionType) or typing.get_origin(self.type) is typing.Union
+        )
 
 
 @dataclass(frozen=True)

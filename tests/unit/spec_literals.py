@@ -1,0 +1,48 @@
+"""The literal wire examples of spec xenops-api.md §2.7, keyed <example><direction><n>.
+
+`>` is a request, `<` a reply, `v` a Value fragment. Kept verbatim: these are the
+bytes upstream puts on the wire.
+"""
+
+LITERALS: dict[str, str] = {
+    'J1>1': '{"method":"query","params":[{"unit":null,"debug_info":"probe"}],"id":1}',
+    'J1<2': '{"result":{"instance_id":"6c1f3f5e-2a7b-4f0e-8a53-0c2b9d1e7f44","features":[],"version":"0.1","vendor":"XCP","name":"xenops"},"error":null,"id":0}',
+    'J2>1': '{"method":"VM.import_metadata","params":[{"metadata":"{\\"vm\\":{\\"id\\":\\"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60\\",\\"name\\":\\"demo\\",\\"ssidref\\":0,\\"xsdata\\":{},\\"platformdata\\":{},\\"bios_strings\\":{},\\"ty\\":[\\"HVM\\",{}],\\"suppress_spurious_page_faults\\":false,\\"memory_static_max\\":1073741824,\\"memory_dynamic_max\\":1073741824,\\"memory_dynamic_min\\":1073741824,\\"vcpu_max\\":1,\\"vcpus\\":1,\\"scheduler_params\\":{\\"affinity\\":[]},\\"on_crash\\":[\\"Shutdown\\"],\\"on_shutdown\\":[\\"Shutdown\\"],\\"on_reboot\\":[\\"Start\\"],\\"pci_msitranslate\\":true,\\"pci_power_mgmt\\":false}}","debug_info":"VM.start R:4f3a9c0e1d2b"}],"id":2}',
+    'J2<2': '{"result":"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","error":null,"id":0}',
+    'J3>1': '{"method":"VM.start","params":[{"paused":false,"id":"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","debug_info":"VM.start R:4f3a9c0e1d2b"}],"id":3}',
+    'J3<2': '{"result":"17","error":null,"id":0}',
+    'J3>3': '{"method":"Task.stat","params":[{"id":"17","debug_info":"VM.start R:4f3a9c0e1d2b"}],"id":4}',
+    'J3<4': '{"result":{"cancellable":true,"backtrace":"()","debug_info":{"cancel_points_seen":"5"},"subtasks":{},"state":["Pending",0.4],"ctime":1718000000.25,"dbg":"VM.start R:4f3a9c0e1d2b","id":"17"},"error":null,"id":0}',
+    'J3>5': '{"method":"Task.stat","params":[{"id":"17","debug_info":"VM.start R:4f3a9c0e1d2b"}],"id":5}',
+    'J3<6': '{"result":{"cancellable":true,"backtrace":"()","debug_info":{"cancel_points_seen":"23"},"subtasks":{},"state":["Completed",{"duration":3.5}],"ctime":1718000000.25,"dbg":"VM.start R:4f3a9c0e1d2b","id":"17"},"error":null,"id":0}',
+    'J3>7': '{"method":"Task.destroy","params":[{"id":"17","debug_info":"VM.start R:4f3a9c0e1d2b"}],"id":6}',
+    'J3<8': '{"result":null,"error":null,"id":0}',
+    'J4<1': '{"result":{"cancellable":true,"backtrace":"()","debug_info":{"cancel_points_seen":"0"},"subtasks":{},"state":["Failed",["Bad_power_state",["Running","Halted"]]],"ctime":1718000100.0,"dbg":"demo","id":"18"},"error":null,"id":0}',
+    'J5>1': '{"method":"VM.stat","params":[{"id":"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a61","debug_info":"demo"}],"id":7}',
+    'J5<2': '{"result":null,"error":["Does_not_exist",["VM","0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a61/config"]],"id":0}',
+    'J5>3': '{"method":"VM.stat","params":[{"debug_info":"demo"}],"id":8}',
+    'J5<4': '{"result":null,"error":["Internal_error","Idl.MarshalError(\\"Expecting named argument \'id\'\\")"],"id":0}',
+    'J6>1': '{"method":"UPDATES.get","params":[{"timeout":30,"last_id":41,"debug_info":"events"}],"id":9}',
+    'J6<2': '{"result":[[[3,[["Vbd",["0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","xvda"]],["Vm","0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60"]]]],[["Vbd",["0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","xvda"]],["Vm","0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60"],["Task","17"]],45],"error":null,"id":0}',
+    'J6>3': '{"method":"UPDATES.get","params":[{"timeout":30,"last_id":45,"debug_info":"events"}],"id":10}',
+    'J6<4': '{"result":[[],[],45],"error":null,"id":0}',
+    'J6>5': '{"method":"UPDATES.get","params":[{"debug_info":"events"}],"id":11}',
+    'J7>1': '{"method":"VBD.add","params":[{"vbd":{"can_attach_early":false,"persistent":true,"extra_private_keys":{},"extra_backend_keys":{},"unpluggable":true,"ty":"Disk","backend":["VDI","5d2c7a3e-1111-4c2d-9e0f-2a3b4c5d6e7f/9f1e2d3c-2222-4b5a-8c7d-6e5f4a3b2c1d"],"mode":"ReadWrite","position":["Xen",0,0],"id":["0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","xvda"]},"debug_info":"hotplug"}],"id":12}',
+    'J7<2': '{"result":["0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","xvda"],"error":null,"id":0}',
+    'J8>1': '{"method":"VM.shutdown","params":[{"delay":1200.0,"id":"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","debug_info":"demo"}],"id":13}',
+    'J8>2': '{"method":"VM.shutdown","params":[{"id":"0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60","debug_info":"demo"}],"id":14}',
+    'J8<3': '{"result":"19","error":null,"id":0}',
+    'J8>4': '{"method":"HOST.set_numa_affinity_policy","params":[{"numa_affinity_policy":"Best_effort","debug_info":"demo"}],"id":15}',
+    'J8>5': '{"method":"HOST.set_numa_affinity_policy","params":[{"debug_info":"demo"}],"id":16}',
+    'J8<6': '{"result":null,"error":null,"id":0}',
+    'J9>1': '{"method":"UPDATES.get","params":[{"timeout":"30","last_id":"41","debug_info":"events"}],"id":17}',
+    'X1>1': '<?xml version="1.0"?><methodCall><methodName>VM.start</methodName><params><param><value><struct><member><name>paused</name><value><boolean>0</boolean></value></member><member><name>id</name><value>0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60</value></member><member><name>debug_info</name><value>demo</value></member></struct></value></param></params></methodCall>',
+    'X1<2': '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value>17</value></member></struct></value></param></params></methodResponse>',
+    'X2>1': '<?xml version="1.0"?><methodCall><methodName>query</methodName><params><param><value><struct><member><name>unit</name><value><nil/></value></member><member><name>debug_info</name><value>probe</value></member></struct></value></param></params></methodCall>',
+    'X2<2': '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value><struct><member><name>instance_id</name><value>6c1f3f5e-2a7b-4f0e-8a53-0c2b9d1e7f44</value></member><member><name>features</name><value><array><data></data></array></value></member><member><name>version</name><value>0.1</value></member><member><name>vendor</name><value>XCP</value></member><member><name>name</name><value>xenops</value></member></struct></value></member></struct></value></param></params></methodResponse>',
+    'X3<1': '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data><value>Does_not_exist</value><value><array><data><value>VM</value><value>0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a61/config</value></data></array></value></data></array></value></member></struct></value></param></params></methodResponse>',
+    'X4v1': '<member><name>Value</name><value><struct><member><name>cancellable</name><value><boolean>1</boolean></value></member><member><name>backtrace</name><value>()</value></member><member><name>debug_info</name><value><struct><member><name>cancel_points_seen</name><value>2</value></member></struct></value></member><member><name>subtasks</name><value><struct></struct></value></member><member><name>state</name><value><array><data><value>Failed</value><value><array><data><value>Cancelled</value><value>18</value></data></array></value></data></array></value></member><member><name>ctime</name><value><double>1718000100.5</double></value></member><member><name>dbg</name><value>demo</value></member><member><name>id</name><value>18</value></member></struct></value></member>',
+    'X5>1': '<?xml version="1.0"?><methodCall><methodName>UPDATES.get</methodName><params><param><value><struct><member><name>timeout</name><value>30</value></member><member><name>debug_info</name><value>events</value></member></struct></value></param></params></methodCall>',
+    'X5<2': '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value><array><data><value><array><data></data></array></value><value><array><data><value><array><data><value>Vm</value><value>0b7c9e8e-5d3c-4f1a-9a51-2f7c3d4e5a60</value></data></array></value><value><array><data><value>Task</value><value>17</value></data></array></value></data></array></value><value>12</value></data></array></value></member></struct></value></param></params></methodResponse>',
+    'X6<1': '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value><nil/></value></member></struct></value></param></params></methodResponse>',
+}
