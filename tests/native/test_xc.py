@@ -1,0 +1,36 @@
+"""xenopsd.native.xc: against the real libxc (no hypervisor) and the mock hypervisor."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from tests.native.preload import cases, run_case
+
+xc = pytest.importorskip("xenopsd.native.xc")
+
+
+def test_real_libxc_open_fails_with_enoent_and_logs_through_our_logger() -> None:
+    """No /dev/xen here: libxc's own error reaches our callable, not stderr."""
+    lines: list[tuple[int, str, int, str]] = []
+    with pytest.raises(xc.XcError) as info:
+        xc.Interface(logger=lambda *a: lines.append(a))
+    assert info.value.errno == errno.ENOENT
+    assert info.value.call == "xc_interface_open"
+    assert isinstance(info.value, OSError)
+    assert (8, "xencall", errno.ENOENT,
+            "Could not obtain handle on privileged command interface") in lines
+
+
+def test_real_libxc_logger_min_level_filters() -> None:
+    lines: list[tuple[int, str, int, str]] = []
+    with pytest.raises(xc.XcError):
+        xc.Interface(logger=lambda *a: lines.append(a), min_level=9)  # CRITICAL only
+    assert lines == []
+
+
+@pytest.mark.parametrize("case", cases("xc_cases"))
+def test_xc_against_mock_hypervisor(case: str, mock_libs: dict[str, Path]) -> None:
+    run_case(mock_libs["mock_xc"], "tests.native.xc_cases", case)
