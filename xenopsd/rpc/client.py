@@ -181,6 +181,12 @@ class Client:
     def framed(cls, path: str, **kw: Any) -> Client:
         return cls(JsonFramed(path, kw.pop("timeout", None)), **kw)
 
+    @classmethod
+    def switch(cls, switch_path: str, queue: str, **kw: Any) -> Client:
+        from xenopsd.rpc.switch import SwitchTransport  # the switch module imports this one
+
+        return cls(SwitchTransport(switch_path, queue, kw.pop("timeout", None)), **kw)
+
     def call(self, wire: str, **kwargs: Any) -> Any:
         method = METHODS.get(wire)
         if method is None:
