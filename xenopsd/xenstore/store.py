@@ -732,9 +732,12 @@ class Store:
             text = "\n".join(f"{k} {v}" for k, v in vars(self.quotas).items())
             return text.encode() + b"\n\0"
         if cmd == b"memreport":
+            watches = sum(len(c.watches) for c in self.connections)
+            transactions = sum(len(c.transactions) for c in self.connections)
             text = (
                 f"nodes {len(self.nodes)}\nconnections {len(self.connections)}\n"
-                f"domains {len(self.domains)}\n"
+                f"domains {len(self.domains)}\nwatches {watches}\n"
+                f"transactions {transactions}\n"
             )
             return text.encode() + NUL
         raise XsError(errno.EINVAL, "unknown control command")
