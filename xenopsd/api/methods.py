@@ -73,6 +73,17 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 
+F = typing.TypeVar("F", bound=typing.Callable[..., Any])
+
+
+def runs_inline(func: F) -> F:
+    """Mark a service method that never blocks (it only reads in-memory state under
+    short locks): the transports then run it on the event loop, sparing the hop to a
+    worker thread, which costs more than such a call itself.
+    """
+    func.xenopsd_inline = True  # type: ignore[attr-defined]
+    return func
+
 
 def _declare(
     wire: str,

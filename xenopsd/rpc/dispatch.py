@@ -105,6 +105,8 @@ class Dispatcher:
                     raise Unimplemented(name)
                 if inspect.iscoroutinefunction(impl):
                     result = await impl(**kwargs)
+                elif getattr(impl, "xenopsd_inline", False):
+                    result = impl(**kwargs)
                 else:
                     ctx = contextvars.copy_context()
                     call = functools.partial(ctx.run, impl, **kwargs)
