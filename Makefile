@@ -24,7 +24,9 @@ deps:
 xen-tools: $(XEN_TOOLS)/.unpacked
 $(XEN_TOOLS)/.unpacked:
 	mkdir -p $(XEN_TOOLS)
-	cd $(XEN_TOOLS) && apt-get download -q xen-utils-4.17 && dpkg -x xen-utils-4.17_*.deb root
+	cd $(XEN_TOOLS) && { apt-get download -q xen-utils-4.17 || \
+	  { $(SUDO) apt-get update -qq && apt-get download -q xen-utils-4.17; }; } && \
+	  dpkg -x xen-utils-4.17_*.deb root
 	touch $@
 
 test: deps xen-tools
@@ -44,7 +46,7 @@ run: deps
 	  --database-path $(RUNDIR)/db --use-switch false --hooks-dir $(RUNDIR)/hooks
 
 bench: deps
-	$(PYTHON) bench/rpc.py
+	for b in bench/*.py; do $(PYTHON) $$b || exit 1; done
 
 clean:
 	rm -rf build run *.egg-info native/*.c xenopsd/native/*.so
