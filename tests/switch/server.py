@@ -26,7 +26,7 @@ MAX_POLL = 600.0
 
 def _json(v: Any) -> bytes:
     """Compact, as ocaml-rpc prints it."""
-    return json.dumps(v, separators=(",", ":"))
+    return json.dumps(v, separators=(",", ":")).encode()
 
 
 class HttpError(Exception):
