@@ -29,11 +29,48 @@ class HttpLimits:
     max_connections: int = 4096
 
 
-class _Close(Exception):
+class Refused(Exception):
     """End this connection, after sending the given status line (if any)."""
 
     def __init__(self, status: str | None = None) -> None:
         self.status = status
+
+
+@dataclass
+class RequestHead:
+    length: int
+    keep_alive: bool
+    oversized: bool
+
+
+def parse_head(head: bytes, max_body: int) -> RequestHead:
+    """Judge one request head (sans I/O, so it can be fuzzed); raise Refused to refuse it."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise Refused("400 Bad Request")
+    verb, _target, version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise Refused("400 Bad Request")
+        headers.setdefault(name.strip().lower(), value.strip())
+    conn = headers.get("connection", "").lower()
+    keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
+    if verb != "POST":
+        raise Refused("404 Not Found")
+    if "transfer-encoding" in headers:
+        raise Refused("411 Length Required")
+    length_text = headers.get("content-length")
+    if length_text is None:
+        raise Refused("411 Length Required")
+    if not (length_text.isascii() and length_text.isdigit()) or len(length_text) > 19:
+        raise Refused("400 Bad Request")
+    length = int(length_text)
+    return RequestHead(length, keep_alive, length > max_body)
 
 
 class HttpServer:
@@ -47,11 +84,11 @@ class HttpServer:
         self.connections += 1
         try:
             if self.connections > self.limits.max_connections:
-                raise _Close("503 Service Unavailable")
+                raise Refused("503 Service Unavailable")
             keep_alive = True
             while keep_alive:
                 keep_alive = await self._one_request(reader, writer)
-        except _Close as close:
+        except Refused as close:
             if close.status:
                 await self._respond(writer, close.status, b"", None, close=True)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -72,35 +109,12 @@ class HttpServer:
                 logger.info("connection closed mid-request")
             return False
         except asyncio.LimitOverrunError:
-            raise _Close("431 Request Header Fields Too Large") from None
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _Close("400 Bad Request")
-        verb, _target, version = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise _Close("400 Bad Request")
-            headers.setdefault(name.strip().lower(), value.strip())
-        conn = headers.get("connection", "").lower()
-        keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-        if verb != "POST":
-            raise _Close("404 Not Found")
-        if "transfer-encoding" in headers:
-            raise _Close("411 Length Required")
-        length_text = headers.get("content-length")
-        if length_text is None:
-            raise _Close("411 Length Required")
-        if not length_text.isdigit():
-            raise _Close("400 Bad Request")
-        length = int(length_text)
-        if length > self.limits.max_body:
-            logger.warning("request body too large", length=length)
-            raise _Close("413 Payload Too Large")
+            raise Refused("431 Request Header Fields Too Large") from None
+        req = parse_head(head, self.limits.max_body)
+        if req.oversized:
+            logger.warning("request body too large", length=req.length)
+            raise Refused("413 Payload Too Large")
+        length, keep_alive = req.length, req.keep_alive
         body = await asyncio.wait_for(reader.readexactly(length), self.limits.read_timeout)
         if is_json(body):
             reply, ctype = await answer_json(self.dispatcher, body), "application/json"

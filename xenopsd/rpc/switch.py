@@ -345,7 +345,8 @@ class _Broker:
             except SwitchError as exc:
                 self._close()
                 if time.monotonic() + delay > deadline:
-                    raise SwitchError(f"cannot use the message switch at {self.path}: {exc}") from None
+                    text = f"cannot use the message switch at {self.path}: {exc}"
+                    raise SwitchError(text) from None
                 logger.debug("message switch unavailable; retrying", error=str(exc))
             finally:
                 self.lock.release()

@@ -26,6 +26,9 @@ class XmlTextError(ValueError):
 _DROP = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;"})
 PROLOG = '<?xml version="1.0"?>'
+# xenopsd's types nest a dozen levels at most; two frames per level must stay
+# well inside Python's recursion limit.
+MAX_DEPTH = 200
 
 
 def _text(s: str) -> str:
@@ -129,7 +132,7 @@ def parse_value(el: Element, depth: int = 0) -> Any:
     """A `<value>` element into the value model."""
     if el.tag != "value":
         raise XmlTextError(f"expected <value>, got <{el.tag}>")
-    if depth > 512:
+    if depth > MAX_DEPTH:
         raise XmlTextError("XML value nests too deeply")
     if len(el) == 0:
         return el.text or ""
