@@ -15,16 +15,16 @@ import pytest
 
 MOCKS = Path(__file__).parent / "mocks"
 
-# Each mock and the pkg-config packages whose headers it is compiled against.
+# Each mock and the pkg-config packages it is compiled and linked against.
 MOCK_PACKAGES: dict[str, list[str]] = {
     "mock_xc": ["xencontrol", "xenguest"],
     "mock_xl": ["xenlight", "xencontrol", "xenstore"],
 }
 
 
-def _flags(packages: list[str]) -> list[str]:
+def _pkg_config(option: str, packages: list[str]) -> list[str]:
     out = subprocess.run(
-        ["pkg-config", "--cflags", *packages], check=True, capture_output=True, text=True
+        ["pkg-config", option, *packages], check=True, capture_output=True, text=True
     ).stdout
     return out.split()
 
@@ -43,8 +43,8 @@ def mock_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             continue
         lib = out_dir / f"{name}.so"
         proc = subprocess.run(
-            [gcc, "-shared", "-fPIC", "-O1", "-Wall", *_flags(packages),
-             str(src), "-o", str(lib), "-ldl", "-lpthread"],
+            [gcc, "-shared", "-fPIC", "-O1", "-Wall", *_pkg_config("--cflags", packages),
+             str(src), "-o", str(lib), *_pkg_config("--libs", packages), "-ldl", "-lpthread"],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
