@@ -141,7 +141,7 @@ def test_request_waiting_in_the_queue_reaches_the_next_daemon(tmp_path: Path) ->
 
         listener = Raw(sw.socket, "dying-xenopsd:1")
         listener.ok("GET", f"/persistent/{QUEUE}")
-        [[mid, msg]] = listener.transfer([QUEUE])["messages"]
+        [[_, msg]] = listener.transfer([QUEUE])["messages"]
         assert msg["kind"][0] == "Request"
         listener.close()
         sw.stop(signal.SIGKILL)
