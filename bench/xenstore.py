@@ -1,0 +1,154 @@
+"""Reads, writes and watch events per second against our xenstored, through
+the native binding (libxenstore) and through pyxs.
+
+Beside them, in the same run and against the same server, Xen's own C
+client: `test-xenstore -i N` times single READ and WRITE requests through
+libxenstore with no Python at all, so the ratio says how much our client
+layer costs on top of the server (the server's cost is in every column).
+Watch latency is the time from issuing a WRITE on one connection to the
+event arriving on another, i.e. a full write round trip plus delivery.
+Figures go to bench/results/xenstore.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.xenstore.conftest import start_xenstored, stop_xenstored  # noqa: E402
+from xenopsd.xenstore.client import Client, open_client  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "xenstore.md"
+KINDS = ("native", "pyxs")
+
+
+def rate(seconds: float, op: Callable[[int], None]) -> float:
+    """Operations per second of `op` over about `seconds` of wall time."""
+    n = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(50):
+            op(n)
+            n += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
+
+
+def watch_latency(writer: Client, watcher: Client, seconds: float) -> tuple[float, float]:
+    """(events per second, mean microseconds from write to event) for one watcher."""
+    watcher.watch("/bench/w", "lat")
+    assert watcher.next_event(10) is not None
+    total = 0.0
+    n = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        writer.write("/bench/w", str(n))
+        ev = watcher.next_event(10)
+        assert ev is not None and ev.token == "lat"
+        total += time.perf_counter() - t0
+        n += 1
+    watcher.unwatch("/bench/w", "lat")
+    return n / total, total / n * 1e6
+
+
+def request_rates(c: Client, seconds: float) -> dict[str, float]:
+    c.write("/bench/r1", b"x")
+    c.write("/bench/r2000", b"x" * 2000)
+    small, big = b"y", b"y" * 2000
+    return {
+        "read 1": rate(seconds, lambda _n: c.read("/bench/r1") and None),
+        "read 2000": rate(seconds, lambda _n: c.read("/bench/r2000") and None),
+        "write 1": rate(seconds, lambda _n: c.write("/bench/w1", small)),
+        "write 2000": rate(seconds, lambda _n: c.write("/bench/w2000", big)),
+    }
+
+
+def c_client_rates(socket: str, iterations: int) -> dict[str, float]:
+    """test-xenstore -i: operations per second of Xen's C client, by test name."""
+    root = os.environ.get("XEN_TOOLS", str(ROOT / "build" / "xen-tools" / "root"))
+    binary = Path(root) / "usr/lib/xen-4.17/bin/test-xenstore"
+    if not binary.exists():
+        return {}
+    out: dict[str, float] = {}
+    for test in ("read 1", "write 1", "read 2000", "write 2000"):
+        proc = subprocess.run(
+            [str(binary), "-i", str(iterations), "-t", test],
+            env=dict(os.environ, XENSTORED_PATH=socket),
+            capture_output=True, text=True, check=True, timeout=600,
+        )
+        m = re.search(r"avg: (\d+) ns", proc.stdout)
+        if m:
+            out[test] = 1e9 / int(m.group(1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--iterations", type=int, default=2000, help="for test-xenstore -i")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    server, tmp = start_xenstored()
+    try:
+        rows: dict[str, dict[str, float]] = {}
+        for kind in KINDS:
+            with open_client(kind, server.socket) as c, open_client(kind, server.socket) as w:
+                rows[kind] = request_rates(c, args.seconds)
+                events, latency = watch_latency(c, w, args.seconds)
+                rows[kind]["watch events"] = events
+                rows[kind]["latency"] = latency
+        c_rates = c_client_rates(server.socket, args.iterations)
+    finally:
+        stop_xenstored(server, tmp)
+
+    lines = [
+        "# Xenstore: our xenstored through the native binding and through pyxs",
+        "",
+        f"Measured by `python bench/xenstore.py` ({args.seconds:g} s per figure, "
+        f"{os.cpu_count()} CPUs, one connection per client, requests one at a time). "
+        "`C client` is Xen's `test-xenstore -i "
+        f"{args.iterations}` (libxenstore, no Python) against the same server in the same run; "
+        "its figure is 1e9 / its average ns per request. The ratios compare each Python client "
+        "with it, so the server's own cost is in both sides.",
+        "",
+        "| operation | native/s | pyxs/s | C client/s | native / C | pyxs / C | native / pyxs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for op in ("read 1", "read 2000", "write 1", "write 2000"):
+        nat, py = rows["native"][op], rows["pyxs"][op]
+        cc = c_rates.get(op)
+        c_cols = f"{cc:.0f} | {nat / cc:.2f} | {py / cc:.2f}" if cc else "n/a | n/a | n/a"
+        lines.append(f"| {op} | {nat:.0f} | {py:.0f} | {c_cols} | {nat / py:.2f} |")
+    nat, py = rows["native"], rows["pyxs"]
+    lines += [
+        "",
+        "Watch events: one client writes a node, another (same implementation) waits for the "
+        "event; the next write starts when the event has arrived.",
+        "",
+        "| client | events/s | mean write-to-event latency (us) |",
+        "| --- | ---: | ---: |",
+        f"| native | {nat['watch events']:.0f} | {nat['latency']:.0f} |",
+        f"| pyxs | {py['watch events']:.0f} | {py['latency']:.0f} |",
+        "",
+    ]
+    text = "\n".join(lines)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
