@@ -15,9 +15,9 @@
  *
  * Test controls, reached with ctypes:
  *   mock_xl_fail(call, rc)       the next `call` returns libxl error rc
- *   mock_xl_hold(on)             asynchronous operations wait for
- *   mock_xl_release()            ... this (or libxl_ao_abort)
- *   mock_xl_pending()            how many asynchronous operations are waiting
+ *   mock_xl_hold(on)             lifecycle operations wait for
+ *   mock_xl_release()            ... this (or libxl_ao_abort, or 10 s)
+ *   mock_xl_pending()            how many operations are waiting
  *   mock_xl_log()                what the mock was asked to do, one line per
  *                                device or lifecycle call, read back from the
  *                                structs libxl received
@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_DOMS 32
@@ -281,20 +282,36 @@ static int apply(enum op_kind kind, uint32_t domid)
     return 0;
 }
 
+/*
+ * Wait while operations are held (called with `lock`). Gives up after 10 s,
+ * so that a binding which kept the GIL (and so stopped the test thread that
+ * would release the hold) fails with ERROR_TIMEDOUT instead of hanging.
+ */
+static int wait_hold(const int *aborted)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    while (hold && !(aborted && *aborted))
+        if (pthread_cond_timedwait(&cv, &lock, &deadline) == ETIMEDOUT)
+            return ERROR_TIMEDOUT;
+    return 0;
+}
+
 static void *complete(void *arg)
 {
     struct op *op = arg, **pp;
-    int rc;
+    int rc, waited;
     pthread_mutex_lock(&lock);
-    while (hold && !op->aborted)
-        pthread_cond_wait(&cv, &lock);
+    waited = wait_hold(&op->aborted);
     for (pp = &ops; *pp; pp = &(*pp)->next)
         if (*pp == op) {
             *pp = op->next;
             break;
         }
     pending--;
-    rc = op->aborted ? ERROR_ABORTED : (op->rc ? op->rc : apply(op->kind, op->domid));
+    rc = op->aborted ? ERROR_ABORTED
+                     : waited ? waited : (op->rc ? op->rc : apply(op->kind, op->domid));
     pthread_mutex_unlock(&lock);
     op->how.callback(op->ctx, rc, op->how.u.for_callback);
     free(op);
@@ -316,6 +333,10 @@ static int run_op(libxl_ctx *ctx, const char *call, enum op_kind kind, uint32_t 
     logf_("%s %u", call, domid);
     rc = injected(call);
     if (!ao_how) {
+        pending++;
+        if (!rc)
+            rc = wait_hold(NULL);
+        pending--;
         if (!rc)
             rc = apply(kind, domid);
         pthread_mutex_unlock(&lock);
@@ -435,8 +456,8 @@ static void *create_thread(void *arg)
     struct create_op *c = arg;
     int rc = c->rc;
     pthread_mutex_lock(&lock);
-    while (hold)
-        pthread_cond_wait(&cv, &lock);
+    if (!rc)
+        rc = wait_hold(NULL);
     pending--;
     if (!rc) {
         *c->domid = add_domain(c->ctx, c->cfg);
