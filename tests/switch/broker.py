@@ -165,9 +165,10 @@ class Broker:
             left = deadline - time.monotonic()
             if messages or left <= 0 or gone.at_eof():
                 break
-            # Wake at least every second to notice a client that went away.
+            # Wake often to notice a client that went away: its transient
+            # queues must go soon after it does.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.1))
         nxt = max((m[0][1] for m in messages), default=after)
         return {"messages": messages, "next": str(nxt)}
 
