@@ -164,3 +164,23 @@ def test_oversized_payload_is_answered_with_an_error_not_run(tmp_path: Path) -> 
             assert service.started == 0
 
     asyncio.run(main())
+
+
+def test_a_lost_connection_with_every_slot_taken_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll loop waits for a slot while the replies wait for a new session."""
+    monkeypatch.setattr(switch, "MAX_CONCURRENT", 1)
+
+    async def main() -> None:
+        async with served(tmp_path) as (broker, service, server):
+            first = ask(broker, "first")
+            await until(lambda: service.started == 1, "the first call in flight")
+            second = ask(broker, "second")
+            await asyncio.sleep(0.2)  # the poll loop takes it and waits for the slot
+            server._disconnect()
+            service.gate.set()
+            await until(lambda: not broker.queues[QUEUE].messages, "both acked")
+            assert replies(broker) == {"first": [first], "second": [second]}
+
+    asyncio.run(main())

@@ -388,10 +388,11 @@ class _Broker:
                         waiter.done.set()
                     conn.call(ack(m.id))
             except SwitchError as exc:
-                if not self._recover(gen, exc):
+                logger.debug("reply connection lost", switch=self.path, error=str(exc))
+                if not self._recover(gen):
                     return
 
-    def _recover(self, gen: int, exc: SwitchError) -> bool:
+    def _recover(self, gen: int) -> bool:
         """Reconnect while callers wait; False when the poller should stop."""
         delay = MIN_BACKOFF
         while True:
@@ -424,7 +425,13 @@ def _broker(path: str) -> _Broker:
 
 
 class SwitchTransport:
-    """JSON-RPC through a queue on the message switch; safe to share between threads."""
+    """JSON-RPC through a queue on the message switch; safe to share between threads.
+
+    `timeout` bounds the whole call. Without one, a call waits for its reply
+    for ever, as xapi does (a blocking `UPDATES.get` may), but still gives up
+    on a switch it cannot reach within `CONNECT_GIVE_UP` seconds, so that a
+    missing switch is an error rather than a hang.
+    """
 
     def __init__(self, switch_path: str, queue: str, timeout: float | None = None) -> None:
         self.switch_path, self.queue, self.timeout = switch_path, queue, timeout
@@ -496,10 +503,10 @@ class AsyncConnection:
 class QueueServer:
     """Serve one persistent queue until cancelled, reconnecting whenever the switch goes.
 
-    Messages are processed concurrently, at most `MAX_CONCURRENT` at once
+    Messages are dispatched concurrently, at most `MAX_CONCURRENT` at once
     (the poll loop waits for a free slot, so the switch holds the backlog,
-    not our memory). A message being processed is remembered, so a
-    redelivery after a reconnect is not run twice; its reply and ack are
+    not our memory). A message being processed is remembered until acked, so
+    a redelivery after a reconnect is not run twice; its reply and ack are
     retried on the next connection rather than lost.
     """
 
@@ -577,11 +584,15 @@ class QueueServer:
 
     async def _process(self, m: Message) -> None:
         try:
-            reply = await self._answer(m)
+            try:
+                reply = await self._answer(m)
+            finally:
+                # Free the slot before delivery: a delivery waits for a new
+                # session, and the session may be waiting for a free slot.
+                self.slots.release()
             await self._finish(m, reply)
         finally:
             self.inflight.discard(m.id)
-            self.slots.release()
 
     async def _answer(self, m: Message) -> bytes | None:
         if m.reply_to is None:
