@@ -185,7 +185,7 @@ def case_gil_released_while_blocked() -> None:
 
     t = threading.Thread(target=worker)
     t.start()
-    while not MOCK.mock_xc_gate_waiting():
+    while not MOCK.mock_xc_gate_waiting() and t.is_alive():
         threading.Event().wait(0.001)
     spins = sum(1 for _ in range(10000))  # Python code runs while the call is blocked
     MOCK.mock_xc_open_gate()
@@ -206,7 +206,7 @@ def case_close_deferred_while_call_in_flight() -> None:
 
     t = threading.Thread(target=worker)
     t.start()
-    while not MOCK.mock_xc_gate_waiting():
+    while not MOCK.mock_xc_gate_waiting() and t.is_alive():
         threading.Event().wait(0.001)
     x.close()  # must not free the handle under the blocked call
     assert x.closed and MOCK.mock_xc_calls(b"xc_domain_unpause") == 1

@@ -69,8 +69,9 @@ def mock_log() -> list[str]:
     return MOCK.mock_xl_log().decode().splitlines()
 
 
-def wait_pending(n: int) -> None:
-    while MOCK.mock_xl_pending() != n:
+def wait_pending(n: int, worker: threading.Thread | None = None) -> None:
+    """Wait until n operations are held in the mock (or the worker gave up)."""
+    while MOCK.mock_xl_pending() != n and (worker is None or worker.is_alive()):
         threading.Event().wait(0.001)
 
 
@@ -211,7 +212,7 @@ def case_gil_released_in_sync_call() -> None:
 
     t = threading.Thread(target=worker)
     t.start()
-    wait_pending(1)
+    wait_pending(1, t)
     spins = sum(1 for _ in range(10000))
     MOCK.mock_xl_release()
     t.join()
