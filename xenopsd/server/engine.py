@@ -41,6 +41,7 @@ from xenopsd.api.devices import (
 )
 from xenopsd.api.errors import (
     BadPowerState,
+    Cancelled,
     FailedToAcknowledgeShutdownRequest,
     FailedToShutdown,
     InternalError,
@@ -72,6 +73,8 @@ DOMAIN_SHUTDOWN_ACK_TIMEOUT = 60.0
 CRASH_RESTART_GRACE = 120.0
 """A VM that crashes within this many seconds of starting is not restarted (spec §6.5)."""
 REBOOT_DELAY = 15.0
+CANCEL_GRACE = 30.0
+"""Upstream's promise: a cancelled task unblocks within 30 seconds."""
 
 
 def _running(power: PowerState) -> bool:
@@ -178,6 +181,8 @@ class Engine:
         if isinstance(atom, at.BestEffort):
             try:
                 self.perform(atom.atom, task)
+            except Cancelled:
+                raise
             except Exception as exc:
                 logger.info("best_effort.ignored", atom=at.describe(atom.atom), error=str(exc))
             return None
@@ -204,16 +209,22 @@ class Engine:
                 for child, _ in children:
                     child.cancel()
 
-            with task.with_cancel(cancel_children):
+            # Children run to their end even when this task is cancelled, so that no
+            # clean-up ever runs beside them; the check after the wait reports it.
+            with task.on_cancel(cancel_children):
                 for child, limit in children:
                     if not child.done.wait(limit):
                         child.cancel()
-                        errors.append(InternalError(f"Timed out while waiting on task {child.id}"))
+                        child.done.wait(CANCEL_GRACE)
+                        errors.append(
+                            InternalError(f"Timed out while waiting on task {child.id}")
+                        )
             for child, _ in children:
                 if child.error is not None:
                     errors.append(child.error)
                 with contextlib.suppress(XenopsError):
                     self.tasks.destroy(child.id)
+            task.check_cancelled()
             if errors:
                 raise errors[0]
 

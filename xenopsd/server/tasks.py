@@ -102,16 +102,22 @@ class TaskHandle:
                 logger.warning("task.cancel_callback_failed", task=self.id, error=str(exc))
 
     @contextmanager
-    def with_cancel(self, on_cancel: Callable[[], None]) -> Iterator[None]:
+    def on_cancel(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Register `callback` for the duration, without a cancellation point."""
         with self._lock:
-            self._callbacks.append(on_cancel)
+            self._callbacks.append(callback)
         try:
+            yield
+        finally:
+            with self._lock:
+                self._callbacks.remove(callback)
+
+    @contextmanager
+    def with_cancel(self, on_cancel: Callable[[], None]) -> Iterator[None]:
+        with self.on_cancel(on_cancel):
             self.check_cancelled()
             yield
             self.check_cancelled()
-        finally:
-            with self._lock:
-                self._callbacks.remove(on_cancel)
 
     def set_progress(self, fraction: float) -> None:
         if isinstance(self.state, Pending) and self.state.progress != fraction:

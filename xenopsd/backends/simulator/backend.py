@@ -376,6 +376,7 @@ class Simulator(Backend):
         vgpu_data: SaveData | None,
         pre_suspend: Callable[[], None],
     ) -> None:
+        pre_suspend()
         self._update(vm.id, lambda d: replace(d, suspended=True))
 
     def vm_restore(
