@@ -34,3 +34,18 @@ def test_real_libxc_logger_min_level_filters() -> None:
 @pytest.mark.parametrize("case", cases("xc_cases"))
 def test_xc_against_mock_hypervisor(case: str, mock_libs: dict[str, Path]) -> None:
     run_case(mock_libs["mock_xc"], "tests.native.xc_cases", case)
+
+
+@pytest.mark.parametrize("case", cases("hypervisor_cases"))
+def test_native_hypervisor_against_mock(case: str, mock_libs: dict[str, Path]) -> None:
+    run_case(mock_libs["mock_xc"], "tests.native.hypervisor_cases", case)
+
+
+def test_xc_backend_package_loads_no_xen_library() -> None:
+    """Importing the interface must work where Xen's libraries are absent."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xenopsd.backends.xc.hypervisor, xenopsd.backends.xc.hypervisor_native\n"
+            "assert 'xenopsd.native.xc' not in sys.modules, 'libxc loaded at import'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
