@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import re
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -63,22 +64,31 @@ class _Codec:
 
 
 _CACHE: dict[Any, _Codec] = {}
+_BUILDING: dict[Any, _Codec] = {}
+_BUILD_LOCK = threading.RLock()
 
 
 def codec(tp: Any) -> _Codec:
-    """The converter pair for a declared type, built once."""
+    """The converter pair for a declared type, built once (by one thread at a time)."""
     try:
         return _CACHE[tp]
     except KeyError:
         pass
     except TypeError:  # unhashable hint
         return _build(tp)
-    # Insert a forwarding stub first so recursive types terminate.
-    stub = _Codec(lambda v: _CACHE[tp].encode(v), lambda v: _CACHE[tp].decode(v))
-    _CACHE[tp] = stub
-    built = _build(tp)
-    _CACHE[tp] = built
-    return built
+    with _BUILD_LOCK:
+        if tp in _CACHE:
+            return _CACHE[tp]
+        if tp in _BUILDING:
+            return _BUILDING[tp]
+        # A forwarding stub, seen only by this build, so recursive types terminate.
+        _BUILDING[tp] = _Codec(lambda v: codec(tp).encode(v), lambda v: codec(tp).decode(v))
+        try:
+            built = _build(tp)
+        finally:
+            del _BUILDING[tp]
+        _CACHE[tp] = built
+        return built
 
 
 def encode(tp: Any, value: Any) -> Any:
