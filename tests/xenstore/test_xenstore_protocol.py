@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tests.xenstore.conftest import RawClient, Xenstored
-from xenopsd.xenstore.protocol import HEADER, Op
+from xenopsd.xenstore.protocol import HEADER, Op, Packet
 
 
 def ok(p: object) -> None:
@@ -244,6 +244,7 @@ def test_500_concurrent_connections(xenstored: Xenstored) -> None:
 
 def test_dropped_connections_leave_no_state(fresh_xenstored: Xenstored) -> None:
     probe = RawClient(fresh_xenstored.socket)
+    assert settles(probe, "connections", 1)  # the start-up probe's close has been seen
     baseline = memreport(probe)
     for i in range(50):
         c = RawClient(fresh_xenstored.socket)
@@ -256,3 +257,41 @@ def test_dropped_connections_leave_no_state(fresh_xenstored: Xenstored) -> None:
     after = memreport(probe)
     assert after == baseline
     probe.close()
+
+
+def test_a_pipelining_client_does_not_starve_others() -> None:
+    """In-process, recording the order in which the store handles requests."""
+    import asyncio
+    import tempfile
+
+    from xenopsd.xenstore.server import XenstoreServer
+    from xenopsd.xenstore.store import Connection, Store
+
+    order: list[str] = []
+
+    class Recording(Store):
+        def handle(self, conn: Connection, request: Packet) -> None:
+            order.append("good" if request.req_id == 0xBEEF else "flood")
+            super().handle(conn, request)
+
+    sock = tempfile.mkdtemp(prefix="xsf", dir="/tmp") + "/s"
+
+    async def main() -> None:
+        server = XenstoreServer(Recording())
+        await server.listen(sock)
+        flood_r, flood_w = await asyncio.open_unix_connection(sock)
+        good_r, good_w = await asyncio.open_unix_connection(sock)
+        flood = (HEADER.pack(Op.READ, 1, 0, 6) + b"/tool\0") * 5000
+        flood_w.write(flood)  # lands in the kernel buffer at once
+        await asyncio.sleep(0)  # one loop turn: the server reads the flood
+        good_w.write(HEADER.pack(Op.READ, 0xBEEF, 0, 6) + b"/tool\0")
+        reply = await asyncio.wait_for(good_r.readexactly(16), 30)
+        assert HEADER.unpack(reply)[1] == 0xBEEF
+        await asyncio.wait_for(flood_r.readexactly(16 * 5000), 30)
+        for w in (flood_w, good_w):
+            w.close()
+        await server.close()
+
+    asyncio.run(main())
+    assert len(order) == 5001
+    assert order.index("good") < 4000, "the good client waited for the whole flood"

@@ -6,11 +6,13 @@ protocol; every client of PATH is privileged dom0, as with Xen's own daemon.
 (unprivileged) domain, so tests and the emulated host's guest agents can be
 subject to permissions and quotas through the ordinary client libraries.
 
-Back-pressure keeps every per-client buffer bounded: once a client's unsent
-output passes a high-water mark we stop reading its socket (so it cannot
-queue more requests), and watch events for a client whose output exceeds its
-quota are dropped rather than buffered, so a client that never reads can
-neither exhaust memory nor stall anyone else.
+Back-pressure keeps every per-client buffer bounded. As soon as a reply
+cannot be handed to the kernel in full, we stop reading that client's
+socket, so it has at most one request outstanding with us beyond what the
+kernel buffers; watch events for a client whose unsent output exceeds its
+quota are dropped rather than buffered; and each client gets at most
+`BATCH` requests handled per turn of the event loop, so a client that
+pipelines thousands of requests cannot stall the others.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from xenopsd.xenstore.store import Connection, Quotas, Store
 
 logger = log.get(__name__)
 
-READ_HIGH_WATER = 64 * 1024
+BATCH = 64
 
 
 @dataclass
@@ -47,12 +49,15 @@ class _ClientProtocol(asyncio.Protocol):
         self.decoder = Decoder()
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
-        self.paused = False
+        self.write_paused = False
+        self.reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.set_write_buffer_limits(high=READ_HIGH_WATER)
+        # Pause as soon as anything is left unsent: the kernel's socket
+        # buffer is all the slack a client gets.
+        transport.set_write_buffer_limits(high=0)
         if len(self.server.store.connections) >= self.server.max_connections:
             logger.warning("xenstore connection refused", reason="too many connections")
             transport.abort()
@@ -69,17 +74,30 @@ class _ClientProtocol(asyncio.Protocol):
             return
         transport.write(packet.encode())
 
+    def _set_reading(self, on: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or on == self.reading:
+            return
+        self.reading = on
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
     def data_received(self, data: bytes) -> None:
         self.decoder.feed(data)
         self._drain()
 
     def _drain(self) -> None:
-        """Handle buffered requests until output backs up; then the rest
-        waits in the decoder (we stopped reading, so it cannot grow)."""
+        """Handle up to BATCH buffered requests. What is left waits in the
+        decoder with reading paused, so the buffer cannot grow meanwhile."""
         conn, transport = self.conn, self.transport
         if conn is None or transport is None:
             return
-        while not self.paused and not transport.is_closing():
+        for _ in range(BATCH):
+            if self.write_paused or transport.is_closing():
+                self._set_reading(False)
+                return
             try:
                 packet = self.decoder.next_packet()
             except ProtocolError as exc:
@@ -88,18 +106,18 @@ class _ClientProtocol(asyncio.Protocol):
                 transport.abort()
                 return
             if packet is None:
+                self._set_reading(True)
                 return
             self.server.store.handle(conn, packet)
+        self._set_reading(False)
+        asyncio.get_running_loop().call_soon(self._drain)
 
     def pause_writing(self) -> None:
-        self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.write_paused = True
+        self._set_reading(False)
 
     def resume_writing(self) -> None:
-        self.paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.write_paused = False
         self._drain()
 
     def connection_lost(self, exc: Exception | None) -> None:

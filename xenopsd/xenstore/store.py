@@ -63,7 +63,9 @@ class Quotas:
     Unprivileged domains get upstream's limits. Privileged connections are
     exempt from the node-count and value-size limits as upstream, but still
     have a (large) bound on watches and transactions so that no
-    connection-owned structure is unbounded.
+    connection-owned structure is unbounded. `output_bytes` bounds the
+    unsent watch events of one connection; replies are bounded by the
+    server, which stops reading a client whose replies it cannot send.
     """
 
     entries: int = 1000
@@ -76,7 +78,6 @@ class Quotas:
     transaction_nodes: int = 1024
     transaction_nodes_privileged: int = 65536
     path_max: int = 2048
-    outstanding: int = 20
     output_bytes: int = 1 << 20
 
 
