@@ -218,6 +218,9 @@ cdef int _event_loop(libxl_ctx *ctx, int stop_fd) noexcept nogil:
 
 cdef void _ao_done(libxl_ctx *ctx, int rc, void *for_callback) noexcept with gil:
     cdef Operation op = <Operation>for_callback
+    # Account first, so that whoever sees the result can close the context.
+    # The context is never freed here: this runs inside libxl.
+    op.owner._op_finished()
     try:
         if rc == 0:
             op.future.set_result(op.domid if op.returns_domid else None)
@@ -365,6 +368,7 @@ cdef class Context:
     cdef int users
     cdef bint closing
     cdef bint loop_running
+    cdef int pending      # asynchronous operations libxl still owns
     cdef int wake_r, wake_w
     cdef libxl_event_hooks hooks
     cdef object event_handler
@@ -408,9 +412,15 @@ cdef class Context:
 
     cdef int _leave(self) except -1:
         self.users -= 1
-        if self.users == 0 and self.closing:
+        if self.users == 0 and self.pending == 0 and self.closing:
             self._really_close()
         return 0
+
+    cdef void _op_finished(self):
+        cdef char b = 0
+        self.pending -= 1
+        if self.pending == 0 and self.closing and self.loop_running:
+            write(self.wake_w, &b, 1)
 
     cdef int _really_close(self) except -1:
         cdef libxl_ctx *c = self.ctx
@@ -430,14 +440,18 @@ cdef class Context:
         return 0
 
     def close(self):
-        """Stop `run_events` and free the context once no call is in flight."""
+        """Free the context once no call and no asynchronous operation is in flight.
+
+        `run_events` keeps running until the last asynchronous operation has
+        completed (abort them first to hurry it), then returns.
+        """
         cdef char b = 0
         if self.ctx == NULL or self.closing:
             return
         self.closing = True
-        if self.loop_running:
+        if self.loop_running and self.pending == 0:
             write(self.wake_w, &b, 1)
-        if self.users == 0:
+        if self.users == 0 and self.pending == 0:
             self._really_close()
 
     @property
@@ -489,14 +503,20 @@ cdef class Context:
         op.keep = keep
         op.how.callback = _ao_done
         op.how.u.for_callback = <void *>op
+        if self.ctx == NULL or self.closing:
+            _fail(ERROR_FAIL, call, "context is closed")
+        # From here to the libxl call only C runs, so close() cannot slip in.
         Py_INCREF(op)    # owned by libxl until _ao_done
+        self.pending += 1
         return op
 
     cdef object _done(self, Operation op, int rc, str call, object result):
         if rc != 0:
             if op is not None:
+                # libxl will not call back for an operation that failed to start
                 op.keep = None
-                Py_DECREF(op)    # libxl will not call back for a failed start
+                self.pending -= 1
+                Py_DECREF(op)
             _fail(rc, call)
         return op if op is not None else result
 

@@ -327,3 +327,22 @@ def case_event_handler_exception_is_contained() -> None:
     ctx.evenable_domain_death(pv)
     ctx.domain_destroy(pv)
     assert ctx.list_domains() == []
+
+
+def case_close_waits_for_pending_operations() -> None:
+    """libxl must not be freed under an operation it still owns."""
+    ctx, _ = context()
+    domid = ctx.domain_create_new(ctx.domain_config(json.dumps(PV)))
+    t = with_event_thread(ctx)
+    MOCK.mock_xl_hold(1)
+    op = ctx.domain_unpause(domid, asynchronous=True)
+    wait_pending(1)
+    ctx.close()
+    assert ctx.closed
+    expect(xl.XlError, ctx.domain_pause, domid, asynchronous=True)
+    t.join(timeout=0.2)
+    assert t.is_alive()  # the event loop waits for the operation
+    MOCK.mock_xl_release()
+    assert op.result(timeout=30) is None
+    t.join(timeout=30)
+    assert not t.is_alive()
