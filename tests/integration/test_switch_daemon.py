@@ -167,6 +167,28 @@ def test_request_waiting_in_the_queue_reaches_the_next_daemon(tmp_path: Path) ->
             d.stop()
 
 
+def test_daemon_killed_with_a_request_outstanding_leaves_it_to_the_next(tmp_path: Path) -> None:
+    """The first daemon is frozen (SIGSTOP) in its long-poll, so the switch
+    hands it the request and it never replies or acks; killed, it is replaced."""
+    with running_switch(tmp_path / "sw") as sw:
+        first = start_switch_daemon(tmp_path / "d1", sw.socket)
+        c = _client(sw)
+        dead_id = c.call("query").instance_id
+        first.proc.send_signal(signal.SIGSTOP)
+        answers: list[Any] = []
+        caller = threading.Thread(target=lambda: answers.append(c.call("query")))
+        caller.start()
+        eventually(lambda: len(_pending(sw, QUEUE)) == 1, "the request to be queued")
+        first.stop(signal.SIGKILL)
+        second = start_switch_daemon(tmp_path / "d2", sw.socket)
+        try:
+            caller.join(60)
+            assert answers and answers[0].instance_id != dead_id
+            eventually(lambda: _pending(sw, QUEUE) == [], "the request to be acked")
+        finally:
+            second.stop()
+
+
 def test_daemon_outlives_switch_restarts(tmp_path: Path) -> None:
     """Started before the switch exists, then the switch dies and comes back."""
     sw = SwitchProcess(tmp_path / "sw")
