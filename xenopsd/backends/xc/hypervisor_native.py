@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xenopsd import log
 from xenopsd.backends.xc.hypervisor import (
@@ -33,6 +33,10 @@ from xenopsd.backends.xc.hypervisor import (
 )
 from xenopsd.native import load
 
+if TYPE_CHECKING:
+    from xenopsd.native.xc import DomainInfo as NativeDomainInfo
+    from xenopsd.native.xc import Interface
+
 logger = log.get(__name__)
 
 # xentoollog levels (XTL_*) -> structlog method names.
@@ -50,7 +54,7 @@ def forward_log(level: int, context: str, errnoval: int, message: str) -> None:
         method(message, source=context or "xc")
 
 
-def _info(d: Any) -> DomainInfo:
+def _info(d: NativeDomainInfo) -> DomainInfo:
     return DomainInfo(
         domid=d.domid, handle=uuid.UUID(bytes=d.handle), dying=d.dying, hvm=d.hvm,
         shutdown=d.shutdown, paused=d.paused, blocked=d.blocked, running=d.running,
@@ -73,7 +77,7 @@ class NativeHypervisor(Hypervisor):
 
     def __init__(self, debug: bool = False) -> None:
         xc = load("xc")
-        self._x: Any = xc.Interface(logger=forward_log,
+        self._x: Interface = xc.Interface(logger=forward_log,
                                     min_level=XTL_DEBUG if debug else XTL_INFO)
 
     def close(self) -> None:
@@ -100,8 +104,7 @@ class NativeHypervisor(Hypervisor):
         return Scheduler(self._x.sched_id())
 
     def readconsolering(self, clear: bool = False) -> bytes:
-        data: bytes = self._x.readconsolering(clear)
-        return data
+        return self._x.readconsolering(clear)
 
     def send_debug_keys(self, keys: str) -> None:
         self._x.send_debug_keys(keys)
@@ -196,18 +199,15 @@ class NativeHypervisor(Hypervisor):
         self._x.domain_populate_physmap_exact(domid, pfns, extent_order)
 
     def get_tot_pages(self, domid: int) -> int:
-        pages: int = self._x.get_tot_pages(domid)
-        return pages
+        return self._x.get_tot_pages(domid)
 
     # shadow pool and log-dirty
 
     def shadow_allocation_get(self, domid: int) -> int:
-        mib: int = self._x.shadow_allocation_get(domid)
-        return mib
+        return self._x.shadow_allocation_get(domid)
 
     def shadow_allocation_set(self, domid: int, mib: int) -> int:
-        actual: int = self._x.shadow_allocation_set(domid, mib)
-        return actual
+        return self._x.shadow_allocation_set(domid, mib)
 
     def logdirty_enable(self, domid: int, enable: bool = True) -> None:
         self._x.logdirty_enable(domid, enable)
@@ -219,15 +219,13 @@ class NativeHypervisor(Hypervisor):
     # HVM params and event channels
 
     def hvm_param_get(self, domid: int, param: HvmParam) -> int:
-        value: int = self._x.hvm_param_get(domid, int(param))
-        return value
+        return self._x.hvm_param_get(domid, int(param))
 
     def hvm_param_set(self, domid: int, param: HvmParam, value: int) -> None:
         self._x.hvm_param_set(domid, int(param), value)
 
     def evtchn_alloc_unbound(self, domid: int, remote_domid: int = 0) -> int:
-        port: int = self._x.evtchn_alloc_unbound(domid, remote_domid)
-        return port
+        return self._x.evtchn_alloc_unbound(domid, remote_domid)
 
     def evtchn_reset(self, domid: int) -> None:
         self._x.evtchn_reset(domid)
@@ -241,8 +239,7 @@ class NativeHypervisor(Hypervisor):
         self._x.deassign_device(domid, sbdf)
 
     def test_assign_device(self, domid: int, sbdf: int) -> bool:
-        ok: bool = self._x.test_assign_device(domid, sbdf)
-        return ok
+        return self._x.test_assign_device(domid, sbdf)
 
     def domain_irq_permission(self, domid: int, pirq: int, allow: bool) -> None:
         self._x.domain_irq_permission(domid, pirq, allow)
