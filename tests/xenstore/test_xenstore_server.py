@@ -492,3 +492,19 @@ def test_control(xs: Client) -> None:
     control = getattr(xs, "control")  # noqa: B009 - not part of the daemon's interface
     assert b"help" in control("help")
     assert control("check") == b"OK"
+
+
+# pyxs's router thread dies with a traceback when the daemon goes (spec 5, limitation 6).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_daemon_is_an_error_not_a_hang(kind: str, fresh_xenstored: Any) -> None:
+    from xenopsd.xenstore.client import open_client
+
+    c = open_client(kind, fresh_xenstored.socket)
+    c.write("/before", b"1")
+    fresh_xenstored.proc.kill()
+    fresh_xenstored.proc.wait()
+    with pytest.raises(XenstoreError):
+        for _ in range(3):  # the first write may still be buffered by the kernel
+            c.write("/after", b"2")
+            c.read("/after")
+    c.close()

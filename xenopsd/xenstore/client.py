@@ -10,7 +10,8 @@ Two implementations share the same test suite: `NativeClient` (the Cython
 libxenstore binding, for production) and `PyxsClient` (pure Python, for
 hosts without libxenstore and as an independent cross-check). pyxs is used
 through its router, below its `Client`, because its `Client` refuses the
-empty and non-ASCII values xenopsd writes and strips trailing NULs.
+empty and non-ASCII values xenopsd writes, strips trailing NULs and waits
+forever for a reply from a daemon that has gone away.
 """
 
 from __future__ import annotations
@@ -357,6 +358,8 @@ class NativeClient(Client):
 
     def watch(self, path: str, token: str) -> None:
         self._call("watch", self._h.watch, path, token, path=path)
+        # Move events out of libxenstore's unbounded queue into our bounded one.
+        self._start_event_source()
 
     def unwatch(self, path: str, token: str) -> None:
         self._call("unwatch", self._h.unwatch, path, token, path=path)
@@ -453,9 +456,8 @@ class _PyxsSink:
 class PyxsClient(Client):
     """pyxs's router (framing, request ids, its reader thread), our requests.
 
-    Limits inherited from pyxs: no DIRECTORY_PART (so listing a directory
-    whose names exceed 4096 bytes fails with E2BIG) and a request in flight
-    when the daemon dies waits forever.
+    Limit inherited from pyxs: no DIRECTORY_PART, so listing a directory
+    whose names exceed 4096 bytes fails with E2BIG.
     """
 
     def __init__(self, socket_path: str | None = None) -> None:
@@ -478,12 +480,26 @@ class PyxsClient(Client):
         payload = b"".join(args)
         if len(payload) > 4096:
             raise XenstoreError(errno.E2BIG, op.name.lower(), path)
-        answer = self._router.send(Packet(int(op), payload, rq_id=next_rq_id(), tx_id=tx)).get()
+        try:
+            rvar = self._router.send(Packet(int(op), payload, rq_id=next_rq_id(), tx_id=tx))
+        except (self._pyxs.PyXSError, OSError) as exc:
+            raise XenstoreError(errno.ECONNRESET, op.name.lower(), path) from exc
+        answer = self._await(rvar, op, path)
         if answer.op == Op.ERROR:
             name = answer.payload.rstrip(NUL).decode(errors="replace")
             raise XenstoreError(ERRNO_BY_NAME.get(name, errno.EINVAL), op.name.lower(), path)
         data: bytes = answer.payload
         return data
+
+    def _await(self, rvar: Any, op: Op, path: str) -> Any:
+        """pyxs's own wait has no timeout, so a request in flight when the
+        daemon goes away would hang forever; notice the router's death."""
+        with rvar.condition:
+            while rvar.target is None:
+                if not self._router.thread.is_alive():
+                    raise XenstoreError(errno.ECONNRESET, op.name.lower(), path)
+                rvar.condition.wait(0.5)
+            return rvar.target
 
     @staticmethod
     def _s(value: str) -> bytes:
