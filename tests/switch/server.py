@@ -68,9 +68,20 @@ class SwitchServer:
         self.max_body = max_body
         self.ids = itertools.count(1)
         self.stopped = asyncio.Event()
+        self.open: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+
+    async def close_all(self) -> None:
+        """End every connection, so no handler is left to be cancelled mid-request."""
+        for writer in self.open:
+            writer.close()
+        if self.open:
+            await asyncio.wait(list(self.open.values()), timeout=5)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = next(self.ids)
+        task = asyncio.current_task()
+        assert task is not None
+        self.open[writer] = task
         try:
             while await self._one(conn, reader, writer):
                 pass
@@ -79,6 +90,7 @@ class SwitchServer:
         except Exception:
             logger.exception("connection %d failed", conn)
         finally:
+            del self.open[writer]
             self.broker.disconnect(conn)
             writer.close()
 
@@ -206,3 +218,4 @@ async def run(path: str, broker: Broker, max_body: int, stop: asyncio.Event) -> 
     finally:
         srv.close()
         os.unlink(path)
+        await server.close_all()
