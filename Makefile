@@ -6,9 +6,10 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libxen-dev xenstore-utils pkg-config gcc python3-dev
 RUNDIR ?= $(CURDIR)/run
+PREFIX ?= /usr/local
 XEN_TOOLS := $(CURDIR)/build/xen-tools
 
-.PHONY: deps test test-all run lint bench xen-tools clean
+.PHONY: deps test test-all run install lint bench xen-tools clean
 
 # System packages (only those missing), then the package itself in editable
 # mode with its test extras; this also compiles native/*.pyx.
@@ -39,11 +40,15 @@ lint: deps
 	$(PYTHON) -m ruff check xenopsd tests bench
 	$(PYTHON) -m mypy
 
+# A demo host: the daemon (simulator backend) on $(RUNDIR)/sockets with a few
+# VMs started, in the foreground until Ctrl-C; it prints how to use xenops-cli.
 run: deps
-	mkdir -p $(RUNDIR)/sockets $(RUNDIR)/db $(RUNDIR)/hooks
-	@echo "xenopsd (simulator) on $(RUNDIR)/sockets/xenopsd; stop with Ctrl-C"
-	$(PYTHON) -m xenopsd --backend simulator --sockets-path $(RUNDIR)/sockets \
-	  --database-path $(RUNDIR)/db --use-switch false --hooks-dir $(RUNDIR)/hooks
+	RUNDIR=$(RUNDIR) PYTHON=$(PYTHON) sh deploy/demo.sh
+
+# The daemon, xenops-cli, systemd units, tmpfiles.d, /etc/xenopsd.conf and docs
+# (see deploy/install.sh; DESTDIR stages into a tree, PREFIX defaults to /usr/local).
+install:
+	DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) PYTHON=$(PYTHON) sh deploy/install.sh
 
 bench: deps
 	for b in bench/*.py; do $(PYTHON) $$b || exit 1; done

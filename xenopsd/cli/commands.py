@@ -157,7 +157,9 @@ def cmd_list(s: Session, out: Output, args: argparse.Namespace) -> None:
             "power_state": st.power_state.value,
             "domids": st.domids,
             "vcpus": st.vcpu_target if live else vm.vcpus,
-            "memory_mib": int(mib(st.memory_actual if live else vm.memory_dynamic_max)),
+            "memory_mib": int(
+                mib(st.memory_actual if live and st.memory_actual else vm.memory_dynamic_max)
+            ),
             "devices": counts,
         }
         records.append(record)

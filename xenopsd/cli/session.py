@@ -92,7 +92,7 @@ class Session:
                 task: Task = self.call("Task.stat", id=task_id)
                 if not isinstance(task.state, Pending):
                     break
-                if on_progress is None:
+                if on_progress is None or cancelled:
                     progress.show(task.state.progress, "cancelling" if cancelled else "")
                 else:
                     on_progress(progress, task)
