@@ -13,6 +13,7 @@ that lesson to upstream).
 from __future__ import annotations
 
 import errno
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ logger = log.get(__name__)
 DOMID_SELF = 0x7FF0
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 NO_NODE = -1
-_VALID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-/_@")
+_VALID_PATH = re.compile(rb"[A-Za-z0-9/_@-]+")
+_OPS: dict[int, Op] = {int(op): op for op in Op}
 _OK = b"OK\0"
 _PRIVILEGED_ONLY = frozenset(
     {
@@ -232,10 +234,9 @@ class Store:
         self._flush()
 
     def _dispatch(self, conn: Connection, req: Packet) -> bytes:
-        try:
-            op = Op(req.type)
-        except ValueError:
-            raise XsError(errno.ENOSYS, "unknown type") from None
+        op = _OPS.get(req.type)
+        if op is None:
+            raise XsError(errno.ENOSYS, "unknown type")
         if op in (Op.WATCH_EVENT, Op.ERROR):
             raise XsError(errno.ENOSYS, "server-only type")
         if op in _PRIVILEGED_ONLY and not conn.privileged:
@@ -259,7 +260,7 @@ class Store:
     # ---- paths and permissions ---------------------------------------
 
     def canonical(self, conn: Connection, raw: bytes, special_ok: bool = False) -> str:
-        if not raw or any(c not in _VALID_CHARS for c in raw):
+        if _VALID_PATH.fullmatch(raw) is None:
             raise XsError(errno.EINVAL, "bad path characters")
         path = raw.decode("ascii")
         if path.startswith("@"):
