@@ -136,3 +136,16 @@ def test_check_finds_corruption() -> None:
         assert exc.errno == errno.EIO
     else:
         raise AssertionError("check() missed an orphan")
+
+
+def test_emulated_host_introduces_and_releases_directly() -> None:
+    store = Store()
+    dom0 = Peer(store)
+    dom0(Op.WATCH, b"@introduceDomain", b"i")
+    dom0(Op.WATCH, b"@releaseDomain", b"r")
+    dom0.events.clear()
+    store.introduce_domain(9, 0, 1)
+    assert dom0.events == [("@introduceDomain", "i")]
+    store.release_domain(9)
+    assert dom0.events == [("@introduceDomain", "i"), ("@releaseDomain", "r")]
+    assert dom0(Op.IS_DOMAIN_INTRODUCED, b"9") == b"F\0"

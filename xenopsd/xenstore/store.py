@@ -185,6 +185,8 @@ class Domain:
 
 
 class Store:
+    """Not thread-safe: when a server serves it, call it from the server's loop."""
+
     def __init__(self, quotas: Quotas | None = None) -> None:
         self.quotas = quotas or Quotas()
         self.nodes: dict[str, Node] = {}
@@ -652,7 +654,7 @@ class Store:
             gfn = _int(raw_gfn)
             if port <= 0 or domid == DOMID_SELF:
                 raise XsError(errno.EINVAL, "bad event channel or domid")
-            self.introduce_domain(domid, gfn, port)
+            self._introduce(domid, gfn, port)
             return _OK
         if op is Op.SET_TARGET:
             raw_domid, raw_target = self._args(payload, 2)
@@ -673,12 +675,22 @@ class Store:
         if domid not in self.domains:
             raise XsError(errno.ENOENT, "unknown domain")
         if op is Op.RELEASE:
-            self.release_domain(domid)
+            self._release(domid)
         else:
             self.domains[domid].shutdown_reported = False
         return _OK
 
     def introduce_domain(self, domid: int, gfn: int, evtchn: int) -> None:
+        """INTRODUCE on behalf of the emulated host's toolstack side."""
+        self._introduce(domid, gfn, evtchn)
+        self._flush()
+
+    def release_domain(self, domid: int) -> None:
+        """A domain is gone (destroyed, or RELEASEd by the emulated host)."""
+        self._release(domid)
+        self._flush()
+
+    def _introduce(self, domid: int, gfn: int, evtchn: int) -> None:
         known = self.domains.get(domid)
         if known is not None:
             known.evtchn = evtchn
@@ -687,7 +699,7 @@ class Store:
         if domid != 0:
             self._fire(_Event("@introduceDomain", False, self.special["@introduceDomain"]))
 
-    def release_domain(self, domid: int) -> None:
+    def _release(self, domid: int) -> None:
         """Forget a domain: its connections, its nodes, its special-list entries."""
         self.domains.pop(domid, None)
         self.targets.pop(domid, None)
@@ -715,10 +727,6 @@ class Store:
             return
         dom.shutdown_reported = True
         self.fire_special("@releaseDomain")
-
-    def flush(self) -> None:
-        """Deliver events queued by direct calls (introduce/release) from in-process users."""
-        self._flush()
 
     def _op_control(self, payload: bytes) -> bytes:
         parts = split_strings(payload)
