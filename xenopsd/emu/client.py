@@ -178,7 +178,7 @@ class EmuHypervisor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, /, **args: Any) -> Any:
         result, fds = self._call(op, args)
         for fd in fds:
             os.close(fd)

@@ -185,7 +185,6 @@ class Emulator:
         elif what == "destroyed":
             if dom.domid in store.domains:
                 store.release_domain(dom.domid)
-                store.flush()
             else:
                 store.fire_special("@releaseDomain")
             if dom.domid in self.models.models:
