@@ -102,6 +102,11 @@ def test_invalid_paths_are_einval(xs: Client, path: str) -> None:
     assert fails(xs.write, path, b"v") == errno.EINVAL
 
 
+def test_at_sign_inside_a_path_is_an_ordinary_character(xs: Client, base: str) -> None:
+    xs.write(f"{base}/mail@host", b"v")
+    assert xs.directory(base) == ["mail@host"]
+
+
 def test_domain_path_length_excludes_home_prefix(xs: Client) -> None:
     long_name = "n" * 2040
     xs.write(f"/local/domain/9/{long_name}", b"")

@@ -273,7 +273,7 @@ class Store:
             return path
         if not path.startswith("/"):
             path = f"{conn.home}/{path}"
-        if "//" in path or (path.endswith("/") and path != "/") or "@" in path:
+        if "//" in path or (path.endswith("/") and path != "/"):
             raise XsError(errno.EINVAL, "malformed path")
         if len(_strip_domain_prefix(path)) > self.quotas.path_max:
             raise XsError(errno.EINVAL, "path too long")
