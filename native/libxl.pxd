@@ -1,7 +1,7 @@
 # The parts of libxl.h / libxl_event.h that xl.pyx uses. Only the fields we
 # read or write are declared; the C compiler reads the real layouts. libxl.h
 # includes xenctrl.h itself first, so no other Xen header may come before it.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, int64_t, uint64_t
 from xentoollog cimport xentoollog_logger
 
 cdef extern from "poll.h":
@@ -92,6 +92,19 @@ cdef extern from "libxl.h":
                            const libxl_asyncop_how *ao_how) nogil
     int libxl_domain_unpause(libxl_ctx *ctx, uint32_t domid,
                              const libxl_asyncop_how *ao_how) nogil
+
+    ctypedef enum libxl_trigger:
+        LIBXL_TRIGGER_UNKNOWN
+    int libxl_trigger_from_string(const char *s, libxl_trigger *e) nogil
+    int libxl_send_trigger(libxl_ctx *ctx, uint32_t domid, libxl_trigger trigger,
+                           uint32_t vcpuid, const libxl_asyncop_how *ao_how) nogil
+
+    # Memory
+    int libxl_domain_setmaxmem(libxl_ctx *ctx, uint32_t domid, uint64_t target_memkb) nogil
+    int libxl_set_memory_target(libxl_ctx *ctx, uint32_t domid, int64_t target_memkb,
+                                int relative, int enforce) nogil
+    int libxl_get_memory_target(libxl_ctx *ctx, uint32_t domid, uint64_t *out_target) nogil
+    int libxl_get_free_memory(libxl_ctx *ctx, uint64_t *memkb) nogil
 
     ctypedef struct libxl_dominfo:
         libxl_uuid uuid

@@ -28,7 +28,7 @@ This module imports no Python module of the project.
 
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.errno cimport errno, EINTR
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset
 from posix.unistd cimport pipe, write, close as close_fd
@@ -673,6 +673,69 @@ cdef class Context:
             rc = libxl_domain_unpause(c, domid, how)
         self._leave()
         return self._done(op, rc, "libxl_domain_unpause", None)
+
+    def send_trigger(self, uint32_t domid, str trigger, uint32_t vcpuid=0, *,
+                     bint asynchronous=False):
+        """Press a virtual button: "power", "reset", "sleep", "nmi", "init" or
+        "s3resume" (how an HVM guest without PV drivers is shut down or rebooted).
+        """
+        cdef libxl_trigger t = LIBXL_TRIGGER_UNKNOWN
+        cdef bytes name = trigger.encode("ascii")
+        if libxl_trigger_from_string(name, &t) != 0 or t == LIBXL_TRIGGER_UNKNOWN:
+            raise ValueError(f"unknown libxl trigger {trigger!r}")
+        cdef Operation op = self._op("libxl_send_trigger", asynchronous, None)
+        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_send_trigger(c, domid, t, vcpuid, how)
+        self._leave()
+        return self._done(op, rc, "libxl_send_trigger", None)
+
+    # ---- memory ------------------------------------------------------------
+
+    def domain_setmaxmem(self, uint32_t domid, uint64_t max_memkb):
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_domain_setmaxmem(c, domid, max_memkb)
+        self._leave()
+        if rc != 0:
+            _fail(rc, "libxl_domain_setmaxmem")
+
+    def set_memory_target(self, uint32_t domid, int64_t target_memkb, *,
+                          bint relative=False, bint enforce=True):
+        """Set the balloon target (and, with `enforce`, the hypervisor's limit)."""
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_set_memory_target(c, domid, target_memkb, relative, enforce)
+        self._leave()
+        if rc != 0:
+            _fail(rc, "libxl_set_memory_target")
+
+    def get_memory_target(self, uint32_t domid):
+        cdef uint64_t kb = 0
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_get_memory_target(c, domid, &kb)
+        self._leave()
+        if rc != 0:
+            _fail(rc, "libxl_get_memory_target")
+        return kb
+
+    def get_free_memory(self):
+        """Host memory free for new domains, in KiB."""
+        cdef uint64_t kb = 0
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_get_free_memory(c, &kb)
+        self._leave()
+        if rc != 0:
+            _fail(rc, "libxl_get_free_memory")
+        return kb
 
     # ---- devices -----------------------------------------------------------
 

@@ -346,3 +346,26 @@ def case_close_waits_for_pending_operations() -> None:
     assert op.result(timeout=30) is None
     t.join(timeout=30)
     assert not t.is_alive()
+
+
+def case_triggers_and_memory() -> None:
+    ctx, _ = context()
+    hvm = ctx.domain_create_new(ctx.domain_config(json.dumps(HVM)))
+    assert ctx.get_free_memory() == (16 << 20) - 1048576
+    ctx.set_memory_target(hvm, 524288)
+    assert ctx.get_memory_target(hvm) == 524288
+    assert ctx.domain_info(hvm)["max_memkb"] == 524288  # enforce=True
+    ctx.set_memory_target(hvm, 1024, relative=True, enforce=False)
+    assert ctx.get_memory_target(hvm) == 525312 and ctx.domain_info(hvm)["max_memkb"] == 524288
+    e = expect(xl.XlError, ctx.set_memory_target, hvm, -10**9, relative=True)
+    assert e.name == "ERROR_INVAL"
+    ctx.domain_setmaxmem(hvm, 2097152)
+    assert ctx.domain_info(hvm)["max_memkb"] == 2097152
+    # no PV drivers: the clean shutdown is refused, the power button works
+    assert expect(xl.XlError, ctx.domain_shutdown, hvm).name == "ERROR_NOPARAVIRT"
+    ctx.send_trigger(hvm, "reset", 0)
+    ctx.send_trigger(hvm, "power")
+    assert "trigger 1 reset vcpu=0" in mock_log() and "trigger 1 power vcpu=0" in mock_log()
+    assert expect(xl.XlError, ctx.domain_info, hvm).name == "ERROR_DOMAIN_NOTFOUND"
+    expect(ValueError, ctx.send_trigger, hvm, "kick")
+    assert expect(xl.XlError, ctx.domain_setmaxmem, hvm, 1).errno == errno.ESRCH

@@ -45,7 +45,7 @@ struct mdom {
     uint32_t domid;
     libxl_uuid uuid;
     char name[64];
-    uint64_t max_memkb;
+    uint64_t max_memkb, target_memkb;
     int paused, shutdown, reason;
     libxl_domain_type type;
     char *config_json;
@@ -430,6 +430,7 @@ static uint32_t add_domain(libxl_ctx *ctx, libxl_domain_config *cfg)
     d->uuid = cfg->c_info.uuid;
     snprintf(d->name, sizeof(d->name), "%s", cfg->c_info.name ? cfg->c_info.name : "");
     d->max_memkb = cfg->b_info.max_memkb;
+    d->target_memkb = cfg->b_info.target_memkb;
     d->type = cfg->c_info.type;
     d->paused = 1;
     json = libxl_domain_config_to_json(ctx, cfg);
@@ -681,3 +682,86 @@ DEVICE_CALL(nic, destroy, nic_desc)
 DEVICE_CALL(pci, add, pci_desc)
 DEVICE_CALL(pci, remove, pci_desc)
 DEVICE_CALL(pci, destroy, pci_desc)
+
+/* ---- triggers and memory ------------------------------------------------ */
+
+int libxl_send_trigger(libxl_ctx *ctx, uint32_t domid, libxl_trigger trigger, uint32_t vcpuid,
+                       const libxl_asyncop_how *ao_how)
+{
+    enum op_kind kind = OP_NOTHING;
+    pthread_mutex_lock(&lock);
+    logf_("trigger %u %s vcpu=%u", domid, libxl_trigger_to_string(trigger), vcpuid);
+    pthread_mutex_unlock(&lock);
+    if (trigger == LIBXL_TRIGGER_POWER)
+        kind = OP_DESTROY;    /* the guest's ACPI handler powers it off */
+    return run_op(ctx, "libxl_send_trigger", kind, domid, ao_how);
+}
+
+static struct mdom *locked_find(uint32_t domid, const char *call, int *rc)
+{
+    struct mdom *d;
+    pthread_mutex_lock(&lock);
+    *rc = injected(call);
+    d = find(domid);
+    if (!*rc && !d)
+        *rc = ERROR_DOMAIN_NOTFOUND;
+    return d;
+}
+
+int libxl_domain_setmaxmem(libxl_ctx *ctx, uint32_t domid, uint64_t target_memkb)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_domain_setmaxmem", &rc);
+    (void)ctx;
+    if (!rc)
+        d->max_memkb = target_memkb;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_set_memory_target(libxl_ctx *ctx, uint32_t domid, int64_t target_memkb, int relative,
+                            int enforce)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_set_memory_target", &rc);
+    int64_t target;
+    (void)ctx;
+    if (!rc) {
+        target = relative ? (int64_t)d->target_memkb + target_memkb : target_memkb;
+        if (target < 0)
+            rc = ERROR_INVAL;
+        else {
+            d->target_memkb = (uint64_t)target;
+            if (enforce)
+                d->max_memkb = (uint64_t)target;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_get_memory_target(libxl_ctx *ctx, uint32_t domid, uint64_t *out_target)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_get_memory_target", &rc);
+    (void)ctx;
+    if (!rc)
+        *out_target = d->target_memkb;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_get_free_memory(libxl_ctx *ctx, uint64_t *memkb)
+{
+    uint64_t used = 0;
+    int i, rc;
+    (void)ctx;
+    pthread_mutex_lock(&lock);
+    rc = injected("libxl_get_free_memory");
+    for (i = 0; i < MAX_DOMS; i++)
+        if (doms[i].used)
+            used += doms[i].max_memkb;
+    *memkb = (16ULL << 20) - used;    /* a 16 GiB host */
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
