@@ -413,6 +413,43 @@ def test_wait_for_value_timeout_and_cancel(connect: Connect, xs: Client, base: s
     assert xs.next_event(timeout=10) == WatchEvent(f"{base}/state", "after")
 
 
+@pytest.mark.parametrize("attached", [False, True])
+def test_wait_for_async(connect: Connect, xs: Client, base: str, attached: bool) -> None:
+    import asyncio
+
+    from xenopsd.xenstore.client import WaitCancelled, WaitTimeout
+
+    other = connect()
+    xs.write(f"{base}/state", b"1")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if attached:
+            xs.attach(loop, lambda ev: None)
+        waiting = asyncio.ensure_future(xs.wait_for_async(f"{base}/state", b"4", 30))
+        await asyncio.sleep(0)
+        await loop.run_in_executor(None, other.write, f"{base}/state", b"4")
+        assert await waiting == b"4"
+        with pytest.raises(WaitTimeout):
+            await xs.wait_for_async(f"{base}/state", b"5", 0.2)
+        cancelled = asyncio.ensure_future(
+            xs.wait_for_async(f"{base}/state", b"5", 30, cancel_path=f"{base}/cancel")
+        )
+        await asyncio.sleep(0)
+        await loop.run_in_executor(None, other.write, f"{base}/cancel", b"")
+        with pytest.raises(WaitCancelled):
+            await cancelled
+        # Cancelling the task itself takes its private watches away with it.
+        task = asyncio.ensure_future(xs.wait_for_async(f"{base}/state", b"6", 30))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert b"watches 0" in other.control("memreport")
+
+
 # ---- quotas ------------------------------------------------------------------
 
 
@@ -494,9 +531,8 @@ def test_release_removes_the_domains_nodes(connect: Connect, xs: Client, base: s
 
 
 def test_control(xs: Client) -> None:
-    control = getattr(xs, "control")  # noqa: B009 - not part of the daemon's interface
-    assert b"help" in control("help")
-    assert control("check") == b"OK"
+    assert b"help" in xs.control("help")
+    assert xs.control("check") == b"OK"
 
 
 # pyxs's router thread dies with a traceback when the daemon goes (spec 5, limitation 6).

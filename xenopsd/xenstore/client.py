@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import errno
 import itertools
 import os
@@ -25,7 +26,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ _PERM_BITS = {"n": 0, "r": 1, "w": 2, "b": 3}
 _PERM_LETTERS = "nrwb"
 TRANSACTION_ATTEMPTS = 100
 MAX_QUEUED_EVENTS = 4096
+_WAIT_TOKEN = "xenopsd-wait-"
 
 
 class XenstoreError(OSError):
@@ -67,10 +69,23 @@ class WatchEvent:
 
 
 class _Waiter:
-    """Wakes one `wait_for` whenever an event carries its token."""
+    """Wakes one wait whenever an event carries its token: a blocked thread
+    (`wait_for`) or a coroutine on a loop (`wait_for_async`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.flag = threading.Event()
+        self.loop = loop
+        self.async_flag = asyncio.Event() if loop is not None else None
+
+    def wake(self) -> None:
+        self.flag.set()
+        if self.loop is not None and self.async_flag is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.async_flag.set)
+
+    def clear(self) -> None:
+        self.flag.clear()
+        if self.async_flag is not None:
+            self.async_flag.clear()
 
 
 class Client(abc.ABC):
@@ -137,6 +152,10 @@ class Client(abc.ABC):
 
     @abc.abstractmethod
     def get_domain_path(self, domid: int) -> str: ...
+
+    @abc.abstractmethod
+    def control(self, command: str) -> bytes:
+        """A CONTROL command (privileged): `help`, `check`, `memreport`, ..."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -220,8 +239,10 @@ class Client(abc.ABC):
         with self._lock:
             waiter = self._waiters.get(event.token)
             if waiter is not None:
-                waiter.flag.set()
+                waiter.wake()
                 return
+            if event.token.startswith(_WAIT_TOKEN):
+                return  # a finished wait's straggler: nobody else asked for it
             loop, callback = self._loop, self._callback
             if loop is None or callback is None:
                 if len(self._queue) >= MAX_QUEUED_EVENTS:
@@ -233,6 +254,37 @@ class Client(abc.ABC):
         if not loop.is_closed():
             loop.call_soon_threadsafe(callback, event)
 
+    @contextlib.contextmanager
+    def _private_watch(self, waiter: _Waiter, *paths: str | None) -> Iterator[None]:
+        """Watch `paths` under a token of our own, routed to `waiter` only."""
+        token = f"{_WAIT_TOKEN}{id(self):x}-{next(self._tokens)}"
+        with self._lock:
+            self._waiters[token] = waiter
+        watched: list[str] = []
+        try:
+            self._start_event_source()
+            for p in paths:
+                if p is not None:
+                    self.watch(p, token)
+                    watched.append(p)
+            yield
+        finally:
+            for p in watched:
+                try:
+                    self.unwatch(p, token)
+                except XenstoreError:
+                    logger.debug("xenstore unwatch failed", path=p)
+            with self._lock:
+                self._waiters.pop(token, None)
+
+    def _reached(
+        self, path: str, accept: Callable[[bytes | None], bool], cancel_path: str | None
+    ) -> tuple[bool, bytes | None]:
+        if cancel_path is not None and self.exists(cancel_path):
+            raise WaitCancelled(cancel_path)
+        value = self.read_or(path)
+        return accept(value), value
+
     def wait_for(
         self,
         path: str,
@@ -243,38 +295,51 @@ class Client(abc.ABC):
         """Block until `path` holds `wanted` (or satisfies it), `timeout` passes
         (`WaitTimeout`) or `cancel_path` comes into existence (`WaitCancelled`).
         Returns the value seen; None means the node is absent."""
-        accept = wanted if callable(wanted) else (lambda value: value == wanted)
-        token = f"xenopsd-wait-{id(self):x}-{next(self._tokens)}"
+        accept = _acceptor(wanted)
         waiter = _Waiter()
-        with self._lock:
-            self._waiters[token] = waiter
-        watched: list[str] = []
-        try:
-            self._start_event_source()
-            for p in (path, cancel_path):
-                if p is not None:
-                    self.watch(p, token)
-                    watched.append(p)
+        with self._private_watch(waiter, path, cancel_path):
             deadline = time.monotonic() + timeout
             while True:
-                waiter.flag.clear()
-                if cancel_path is not None and self.exists(cancel_path):
-                    raise WaitCancelled(cancel_path)
-                value = self.read_or(path)
-                if accept(value):
+                waiter.clear()
+                done, value = self._reached(path, accept, cancel_path)
+                if done:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise WaitTimeout(path)
                 waiter.flag.wait(remaining)
-        finally:
-            for p in watched:
-                try:
-                    self.unwatch(p, token)
-                except XenstoreError:
-                    logger.debug("xenstore unwatch failed", path=p)
-            with self._lock:
-                self._waiters.pop(token, None)
+
+    async def wait_for_async(
+        self,
+        path: str,
+        wanted: bytes | Callable[[bytes | None], bool],
+        timeout: float,
+        cancel_path: str | None = None,
+    ) -> bytes | None:
+        """`wait_for` for a coroutine: the loop keeps running meanwhile, and
+        cancelling the task removes the private watches too."""
+        loop = asyncio.get_running_loop()
+        accept = _acceptor(wanted)
+        waiter = _Waiter(loop)
+        assert waiter.async_flag is not None
+        with self._private_watch(waiter, path, cancel_path):
+            deadline = loop.time() + timeout
+            while True:
+                waiter.clear()
+                done, value = self._reached(path, accept, cancel_path)
+                if done:
+                    return value
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeout(path)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.async_flag.wait(), remaining)
+
+
+def _acceptor(wanted: bytes | Callable[[bytes | None], bool]) -> Callable[[bytes | None], bool]:
+    if callable(wanted):
+        return wanted
+    return lambda value: value == wanted
 
 
 # ---- libxenstore through the Cython binding --------------------------------
