@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from xenopsd import log
-from xenopsd.api.errors import Cancelled, XenopsError
+from xenopsd.api.errors import Cancelled, ObserverError, XenopsError
 from xenopsd.cli.commands import add_commands
-from xenopsd.cli.render import Output
+from xenopsd.cli.render import Output, error_text, error_wire
 from xenopsd.cli.session import CliError, Interrupted, Session
 from xenopsd.config import Config
 from xenopsd.rpc.client import Client, TransportError
@@ -99,10 +99,14 @@ def connector(args: argparse.Namespace) -> Callable[[], Client]:
     return lambda: Client.xml(path, dbg=args.dbg)
 
 
-def fail(out: Output, code: int, kind: str, message: str) -> int:
+def fail(out: Output, code: int, kind: str, message: str, wire: Any = None) -> int:
+    """One line on stderr; with --json also `{"error", "message"[, "wire"]}` on stdout."""
     sys.stderr.write(f"{PROG}: {message}\n")
     if out.as_json:
-        out.emit("", {"error": kind, "message": message})
+        record = {"error": kind, "message": message}
+        if wire is not None:
+            record["wire"] = wire
+        out.emit("", record)
     return code
 
 
@@ -115,9 +119,10 @@ def run(argv: list[str] | None = None) -> int:
         handler: Any = args.handler
         handler(session, out, args)
     except Cancelled as exc:
-        return fail(out, 130, exc.tag, f"{exc} (the operation was cancelled)")
-    except XenopsError as exc:
-        return fail(out, 1, exc.tag, str(exc))
+        text = f"{error_text(exc)} (the operation was cancelled)"
+        return fail(out, 130, exc.tag, text, error_wire(exc))
+    except (XenopsError, ObserverError) as exc:
+        return fail(out, 1, exc.tag, error_text(exc), error_wire(exc))
     except CliError as exc:
         return fail(out, 2, "usage", str(exc))
     except TransportError as exc:

@@ -39,7 +39,16 @@ from xenopsd.api.task import Completed, Failed, Pending, Task
 from xenopsd.api.updates import DynamicId, TaskUpdate, VmUpdate
 from xenopsd.api.vm import Disk, LocalDisk, PowerState, VdiDisk, Vm, VmState
 from xenopsd.cli import xlconfig
-from xenopsd.cli.render import Output, Progress, details, mib, seconds, warn, wire
+from xenopsd.cli.render import (
+    Output,
+    Progress,
+    details,
+    error_text,
+    mib,
+    seconds,
+    warn,
+    wire,
+)
 from xenopsd.cli.session import CliError, Session
 from xenopsd.rpc.client import decode_error
 
@@ -137,7 +146,9 @@ def task_state_text(state: Any) -> str:
     if isinstance(state, Completed):
         return f"Completed {seconds(state.completion.duration)}"
     assert isinstance(state, Failed)
-    return f"Failed {decode_error(XenopsError, state.error)}"
+    error = decode_error(XenopsError, state.error)
+    assert isinstance(error, XenopsError)
+    return f"Failed {error_text(error)}"
 
 
 # --- VMs ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ warnings go to stderr and never mix with what a script parses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -16,6 +17,7 @@ import time
 from typing import Any, TextIO
 
 from xenopsd.api import marshal
+from xenopsd.api.kinds import Variant
 
 
 def wire(tp: Any, value: Any) -> Any:
@@ -73,6 +75,21 @@ def _scalar(v: Any) -> str:
     if isinstance(v, float):
         return marshal.float_repr(v)
     return str(v)
+
+
+def error_wire(exc: Variant) -> Any:
+    return marshal.encode(exc.variant_base(), exc)
+
+
+def error_text(exc: Variant) -> str:
+    """`Bad_power_state: found=Running expected=Halted`: the error's name, then its fields
+    named as the API declares them and valued as the wire carries them."""
+    names = [f.name for f in dataclasses.fields(exc)]  # type: ignore[arg-type]
+    encoded = error_wire(exc)
+    payload = encoded[1] if isinstance(encoded, list) and len(encoded) > 1 else []
+    values = [payload] if len(names) == 1 else payload
+    fields = " ".join(f"{n}={_scalar(v)}" for n, v in zip(names, values, strict=True))
+    return f"{exc.tag}: {fields}" if fields else exc.tag
 
 
 def mib(n_bytes: int) -> str:
