@@ -199,3 +199,13 @@ def test_pyxs_public_api(xenstored: Xenstored) -> None:
             assert next(events) == (base + b"/new", b"tok")
         del c[base]
         assert not c.exists(base)
+
+
+@pytest.mark.slow
+def test_test_xenstore_long_runs(xenstored: Xenstored) -> None:
+    """Many iterations of every test, then a long random mix."""
+    proc = run(xenstored, xen_bin("test-xenstore"), "-i", "300", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) == 12
+    proc = run(xenstored, xen_bin("test-xenstore"), "-r", "30", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -386,6 +386,30 @@ def test_transaction_helper_retries_whole_body(connect: Connect, xs: Client, bas
     assert xs.read(f"{base}/counter") == b"11"
 
 
+def test_concurrent_transactions_lose_no_update(connect: Connect, base: str) -> None:
+    """Threads sharing one client and threads on their own clients all
+    increment one counter in transactions; conflicts are retried, never lost."""
+    import threading
+
+    shared = connect()
+    shared.write(f"{base}/n", b"0")
+    clients = [shared, shared, connect(), connect()]
+
+    def bump(c: Client) -> None:
+        def body(tx: int) -> None:
+            c.write(f"{base}/n", str(int(c.read(f"{base}/n", tx)) + 1).encode(), tx)
+
+        for _ in range(50):
+            c.transaction(body)
+
+    threads = [threading.Thread(target=bump, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert shared.read(f"{base}/n") == b"200"
+
+
 # ---- cancellable waits -------------------------------------------------------
 
 
