@@ -68,6 +68,7 @@ class _Device:
     devid: int
     frontend: str | None = None
     hotplugged: bool = False
+    removed: bool = False  # hotplug "remove" ran: the device is done for good
     hotplug_key: str | None = None
 
     @property
@@ -161,7 +162,7 @@ class Backends:
             return
         online = xs.read_or(f"{path}/online") == "1"
         fe_state = _int(xs.read_or(f"{dev.frontend}/state")) if dev.frontend else None
-        if not dev.hotplugged:
+        if not dev.hotplugged and not dev.removed:
             if not online or state not in (None, INITIALISING, INITWAIT):
                 return
             if fault == "error":
@@ -223,6 +224,7 @@ class Backends:
         if dev.hotplug_key is not None:
             self.xs.rm(dev.hotplug_key)
         dev.hotplugged = False
+        dev.removed = True
 
     def _connect(self, dev: _Device) -> None:
         xs, path = self.xs, dev.path
