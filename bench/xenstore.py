@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -96,43 +97,74 @@ def c_client_rates(socket: str, iterations: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
-    parser.add_argument("--iterations", type=int, default=2000, help="for test-xenstore -i")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--seconds", type=float, default=0.4, help="per figure per round")
+    parser.add_argument("--iterations", type=int, default=500, help="test-xenstore -i per round")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    # Every round measures every client back to back, so a burst of load on
+    # this shared machine hits all columns of that round alike; each cell
+    # is the median over rounds, each ratio the median of per-round ratios.
+    ops = ("read 1", "read 2000", "write 1", "write 2000")
+    samples: dict[str, dict[str, list[float]]] = {
+        k: {op: [] for op in (*ops, "watch events", "latency")} for k in (*KINDS, "C")
+    }
+    ratios: dict[str, dict[str, list[float]]] = {
+        r: {op: [] for op in ops} for r in ("native/C", "pyxs/C", "native/pyxs")
+    }
     server, tmp = start_xenstored()
     try:
-        rows: dict[str, dict[str, float]] = {}
-        for kind in KINDS:
-            with open_client(kind, server.socket) as c, open_client(kind, server.socket) as w:
-                rows[kind] = request_rates(c, args.seconds)
+        clients = {k: (open_client(k, server.socket), open_client(k, server.socket)) for k in KINDS}
+        for _ in range(args.rounds):
+            got: dict[str, dict[str, float]] = {}
+            for kind, (c, w) in clients.items():
+                got[kind] = request_rates(c, args.seconds)
                 events, latency = watch_latency(c, w, args.seconds)
-                rows[kind]["watch events"] = events
-                rows[kind]["latency"] = latency
-        c_rates = c_client_rates(server.socket, args.iterations)
+                got[kind]["watch events"] = events
+                got[kind]["latency"] = latency
+            got["C"] = c_client_rates(server.socket, args.iterations)
+            for kind, figures in got.items():
+                for op, value in figures.items():
+                    samples[kind][op].append(value)
+            for op in ops:
+                ratios["native/pyxs"][op].append(got["native"][op] / got["pyxs"][op])
+                if op in got["C"]:
+                    ratios["native/C"][op].append(got["native"][op] / got["C"][op])
+                    ratios["pyxs/C"][op].append(got["pyxs"][op] / got["C"][op])
+        for c, w in clients.values():
+            c.close()
+            w.close()
     finally:
         stop_xenstored(server, tmp)
+
+    def cell(kind: str, op: str) -> str:
+        values = samples[kind][op]
+        return f"{statistics.median(values):.0f}" if values else "n/a"
+
+    def ratio(name: str, op: str) -> str:
+        values = ratios[name][op]
+        return f"{statistics.median(values):.2f}" if values else "n/a"
 
     lines = [
         "# Xenstore: our xenstored through the native binding and through pyxs",
         "",
-        f"Measured by `python bench/xenstore.py` ({args.seconds:g} s per figure, "
-        f"{os.cpu_count()} CPUs, one connection per client, requests one at a time). "
-        "`C client` is Xen's `test-xenstore -i "
-        f"{args.iterations}` (libxenstore, no Python) against the same server in the same run; "
-        "its figure is 1e9 / its average ns per request. The ratios compare each Python client "
-        "with it, so the server's own cost is in both sides.",
+        f"Measured by `python bench/xenstore.py`: {args.rounds} interleaved rounds of "
+        f"{args.seconds:g} s per figure, {os.cpu_count()} CPUs, one connection per client, "
+        "requests one at a time; medians over rounds (ratios: medians of per-round ratios). "
+        f"`C client` is Xen's `test-xenstore -i {args.iterations} -t <test>` (libxenstore, no "
+        "Python) against the same server in the same rounds; its figure is 1e9 / its average "
+        "ns per request. The server's own cost is in every column, so the ratios say what each "
+        "client layer adds on top of a C caller.",
         "",
         "| operation | native/s | pyxs/s | C client/s | native / C | pyxs / C | native / pyxs |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for op in ("read 1", "read 2000", "write 1", "write 2000"):
-        nat, py = rows["native"][op], rows["pyxs"][op]
-        cc = c_rates.get(op)
-        c_cols = f"{cc:.0f} | {nat / cc:.2f} | {py / cc:.2f}" if cc else "n/a | n/a | n/a"
-        lines.append(f"| {op} | {nat:.0f} | {py:.0f} | {c_cols} | {nat / py:.2f} |")
-    nat, py = rows["native"], rows["pyxs"]
+    for op in ops:
+        lines.append(
+            f"| {op} | {cell('native', op)} | {cell('pyxs', op)} | {cell('C', op)} | "
+            f"{ratio('native/C', op)} | {ratio('pyxs/C', op)} | {ratio('native/pyxs', op)} |"
+        )
     lines += [
         "",
         "Watch events: one client writes a node, another (same implementation) waits for the "
@@ -140,10 +172,12 @@ def main() -> None:
         "",
         "| client | events/s | mean write-to-event latency (us) |",
         "| --- | ---: | ---: |",
-        f"| native | {nat['watch events']:.0f} | {nat['latency']:.0f} |",
-        f"| pyxs | {py['watch events']:.0f} | {py['latency']:.0f} |",
-        "",
     ]
+    for kind in KINDS:
+        lines.append(
+            f"| {kind} | {cell(kind, 'watch events')} | {cell(kind, 'latency')} |"
+        )
+    lines.append("")
     text = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
