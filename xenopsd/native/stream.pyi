@@ -1,0 +1,9 @@
+from array import array
+
+from typing_extensions import Buffer
+
+PAGE_BATCH: int
+
+def scan_bitmap(bitmap: Buffer, nr_pfns: int) -> array[int]: ...
+def send_pages(fd: int, mem: Buffer, words: Buffer) -> int: ...
+def recv_pages(fd: int, mem: Buffer, words: Buffer) -> int: ...
