@@ -106,6 +106,75 @@ cdef extern from "libxl.h":
     int libxl_get_memory_target(libxl_ctx *ctx, uint32_t domid, uint64_t *out_target) nogil
     int libxl_get_free_memory(libxl_ctx *ctx, uint64_t *memkb) nogil
 
+    # vCPUs and scheduling
+    ctypedef struct libxl_bitmap:
+        uint32_t size
+        uint8_t *map
+    void libxl_bitmap_init(libxl_bitmap *map) nogil
+    void libxl_bitmap_dispose(libxl_bitmap *map) nogil
+    ctypedef struct libxl_vcpuinfo:
+        uint32_t vcpuid
+        uint32_t cpu
+        bint online
+        bint blocked
+        bint running
+        uint64_t vcpu_time
+        libxl_bitmap cpumap
+        libxl_bitmap cpumap_soft
+    libxl_vcpuinfo *libxl_list_vcpu(libxl_ctx *ctx, uint32_t domid, int *nb_vcpu,
+                                    int *nr_cpus_out) nogil
+    void libxl_vcpuinfo_list_free(libxl_vcpuinfo *, int nr_vcpus) nogil
+    int libxl_set_vcpuaffinity(libxl_ctx *ctx, uint32_t domid, uint32_t vcpuid,
+                               const libxl_bitmap *cpumap_hard,
+                               const libxl_bitmap *cpumap_soft) nogil
+    int libxl_set_vcpuonline(libxl_ctx *ctx, uint32_t domid, libxl_bitmap *cpumap,
+                             const libxl_asyncop_how *ao_how) nogil
+    ctypedef struct libxl_domain_sched_params:
+        int sched
+        int weight
+        int cap
+        int period
+        int budget
+        int extratime
+        int slice
+        int latency
+    void libxl_domain_sched_params_init(libxl_domain_sched_params *p) nogil
+    void libxl_domain_sched_params_dispose(libxl_domain_sched_params *p) nogil
+    int libxl_domain_sched_params_get(libxl_ctx *ctx, uint32_t domid,
+                                      libxl_domain_sched_params *params) nogil
+    int libxl_domain_sched_params_set(libxl_ctx *ctx, uint32_t domid,
+                                      const libxl_domain_sched_params *params) nogil
+
+    # Host
+    ctypedef struct libxl_physinfo:
+        uint32_t threads_per_core
+        uint32_t cores_per_socket
+        uint32_t max_cpu_id
+        uint32_t nr_cpus
+        uint32_t cpu_khz
+        uint64_t total_pages
+        uint64_t free_pages
+        uint64_t scrub_pages
+        uint64_t outstanding_pages
+        uint32_t nr_nodes
+        bint cap_hvm
+        bint cap_pv
+        bint cap_hap
+        bint cap_shadow
+        bint cap_gnttab_v1
+        bint cap_gnttab_v2
+    void libxl_physinfo_init(libxl_physinfo *p) nogil
+    void libxl_physinfo_dispose(libxl_physinfo *p) nogil
+    int libxl_get_physinfo(libxl_ctx *ctx, libxl_physinfo *physinfo) nogil
+    ctypedef struct libxl_version_info:
+        int xen_version_major
+        int xen_version_minor
+        char *xen_version_extra
+        char *capabilities
+        char *changeset
+        char *commandline
+    const libxl_version_info *libxl_get_version_info(libxl_ctx *ctx) nogil
+
     ctypedef struct libxl_dominfo:
         libxl_uuid uuid
         uint32_t domid

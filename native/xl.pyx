@@ -29,7 +29,7 @@ This module imports no Python module of the project.
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint8_t, uint32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memset
 from posix.unistd cimport pipe, write, close as close_fd
 from posix.fcntl cimport fcntl, F_SETFD, FD_CLOEXEC
@@ -120,6 +120,45 @@ cdef str _take_string(char *s):
         return (<bytes>s).decode("utf-8", "replace")
     finally:
         free(s)
+
+
+cdef str _text(const char *s):
+    return (<bytes>s).decode("utf-8", "replace") if s != NULL else ""
+
+
+cdef list _bitmap_to_list(const libxl_bitmap *b):
+    cdef uint32_t i
+    if b.map == NULL:
+        return []
+    return [i for i in range(b.size * 8) if b.map[i >> 3] & (1 << (i & 7))]
+
+
+cdef int _bitmap_from(object items, libxl_bitmap *b) except -1:
+    """Fill an initialised, empty bitmap; libxl_bitmap_dispose frees it."""
+    cdef list numbers = sorted(set(items))
+    cdef int i
+    if numbers and numbers[0] < 0:
+        raise ValueError(f"negative CPU/vCPU number {numbers[0]}")
+    cdef uint32_t size = (numbers[-1] // 8 + 1) if numbers else 1
+    b.map = <uint8_t *>calloc(size, 1)
+    if b.map == NULL:
+        raise MemoryError()
+    b.size = size
+    for i in numbers:
+        b.map[i >> 3] |= <uint8_t>(1 << (i & 7))
+    return 0
+
+
+cdef class _Bitmap:
+    """A libxl_bitmap that must live until an asynchronous operation completes."""
+
+    cdef libxl_bitmap b
+
+    def __cinit__(self):
+        libxl_bitmap_init(&self.b)
+
+    def __dealloc__(self):
+        libxl_bitmap_dispose(&self.b)
 
 
 cdef dict _dominfo(const libxl_dominfo *d):
@@ -736,6 +775,140 @@ cdef class Context:
         if rc != 0:
             _fail(rc, "libxl_get_free_memory")
         return kb
+
+    # ---- vCPUs and scheduling ----------------------------------------------
+
+    def list_vcpus(self, uint32_t domid):
+        """One dict per vCPU: vcpuid, cpu, online, blocked, running, vcpu_time
+        (ns), and the hard and soft affinity as lists of CPU numbers.
+        """
+        cdef int n = 0, nr_cpus = 0, i
+        cdef libxl_vcpuinfo *lst
+        cdef libxl_ctx *c = self._enter()
+        with nogil:
+            lst = libxl_list_vcpu(c, domid, &n, &nr_cpus)
+        self._leave()
+        if lst == NULL:
+            _fail(ERROR_FAIL, "libxl_list_vcpu", f"domain {domid}")
+        try:
+            return [{
+                "vcpuid": lst[i].vcpuid, "cpu": lst[i].cpu, "online": bool(lst[i].online),
+                "blocked": bool(lst[i].blocked), "running": bool(lst[i].running),
+                "vcpu_time": lst[i].vcpu_time,
+                "cpumap": _bitmap_to_list(&lst[i].cpumap),
+                "cpumap_soft": _bitmap_to_list(&lst[i].cpumap_soft),
+            } for i in range(n)]
+        finally:
+            libxl_vcpuinfo_list_free(lst, n)
+
+    def set_vcpuaffinity(self, uint32_t domid, uint32_t vcpuid, hard=None, soft=None):
+        """Pin one vCPU; `hard`/`soft` are iterables of CPU numbers or None (unchanged)."""
+        cdef libxl_bitmap bh, bs
+        libxl_bitmap_init(&bh)
+        libxl_bitmap_init(&bs)
+        cdef libxl_ctx *c
+        cdef int rc
+        try:
+            if hard is not None:
+                _bitmap_from(hard, &bh)
+            if soft is not None:
+                _bitmap_from(soft, &bs)
+            c = self._enter()
+            with nogil:
+                rc = libxl_set_vcpuaffinity(c, domid, vcpuid,
+                                            &bh if bh.map != NULL else NULL,
+                                            &bs if bs.map != NULL else NULL)
+            self._leave()
+            if rc != 0:
+                _fail(rc, "libxl_set_vcpuaffinity")
+        finally:
+            libxl_bitmap_dispose(&bh)
+            libxl_bitmap_dispose(&bs)
+
+    def set_vcpuonline(self, uint32_t domid, vcpus, *, bint asynchronous=False):
+        """Make exactly the vCPUs numbered in `vcpus` online."""
+        cdef _Bitmap bm = _Bitmap()
+        _bitmap_from(vcpus, &bm.b)
+        cdef Operation op = self._op("libxl_set_vcpuonline", asynchronous, bm)
+        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_set_vcpuonline(c, domid, &bm.b, how)
+        self._leave()
+        return self._done(op, rc, "libxl_set_vcpuonline", None)
+
+    def sched_params_get(self, uint32_t domid):
+        """The domain's scheduler and its parameters (-1: the scheduler's default)."""
+        cdef libxl_domain_sched_params p
+        libxl_domain_sched_params_init(&p)
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_domain_sched_params_get(c, domid, &p)
+        self._leave()
+        try:
+            if rc != 0:
+                _fail(rc, "libxl_domain_sched_params_get")
+            return {"sched": p.sched, "weight": p.weight, "cap": p.cap,
+                    "period": p.period, "budget": p.budget, "extratime": p.extratime,
+                    "slice": p.slice, "latency": p.latency}
+        finally:
+            libxl_domain_sched_params_dispose(&p)
+
+    def sched_params_set(self, uint32_t domid, *, weight=None, cap=None):
+        """Change the weight and/or cap; parameters left None keep their value."""
+        cdef libxl_domain_sched_params p
+        libxl_domain_sched_params_init(&p)
+        if weight is not None:
+            p.weight = weight
+        if cap is not None:
+            p.cap = cap
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_domain_sched_params_set(c, domid, &p)
+            libxl_domain_sched_params_dispose(&p)
+        self._leave()
+        if rc != 0:
+            _fail(rc, "libxl_domain_sched_params_set")
+
+    # ---- host --------------------------------------------------------------
+
+    def physinfo(self):
+        cdef libxl_physinfo p
+        libxl_physinfo_init(&p)
+        cdef libxl_ctx *c = self._enter()
+        cdef int rc
+        with nogil:
+            rc = libxl_get_physinfo(c, &p)
+        self._leave()
+        try:
+            if rc != 0:
+                _fail(rc, "libxl_get_physinfo")
+            return {"threads_per_core": p.threads_per_core,
+                    "cores_per_socket": p.cores_per_socket, "max_cpu_id": p.max_cpu_id,
+                    "nr_cpus": p.nr_cpus, "cpu_khz": p.cpu_khz, "total_pages": p.total_pages,
+                    "free_pages": p.free_pages, "scrub_pages": p.scrub_pages,
+                    "outstanding_pages": p.outstanding_pages, "nr_nodes": p.nr_nodes,
+                    "cap_hvm": bool(p.cap_hvm), "cap_pv": bool(p.cap_pv),
+                    "cap_hap": bool(p.cap_hap), "cap_shadow": bool(p.cap_shadow),
+                    "cap_gnttab_v1": bool(p.cap_gnttab_v1),
+                    "cap_gnttab_v2": bool(p.cap_gnttab_v2)}
+        finally:
+            libxl_physinfo_dispose(&p)
+
+    def version_info(self):
+        cdef const libxl_version_info *v
+        cdef libxl_ctx *c = self._enter()
+        with nogil:
+            v = libxl_get_version_info(c)
+        self._leave()
+        if v == NULL:
+            _fail(ERROR_FAIL, "libxl_get_version_info")
+        return {"major": v.xen_version_major, "minor": v.xen_version_minor,
+                "extra": _text(v.xen_version_extra), "capabilities": _text(v.capabilities),
+                "changeset": _text(v.changeset), "commandline": _text(v.commandline)}
 
     # ---- devices -----------------------------------------------------------
 

@@ -369,3 +369,37 @@ def case_triggers_and_memory() -> None:
     assert expect(xl.XlError, ctx.domain_info, hvm).name == "ERROR_DOMAIN_NOTFOUND"
     expect(ValueError, ctx.send_trigger, hvm, "kick")
     assert expect(xl.XlError, ctx.domain_setmaxmem, hvm, 1).errno == errno.ESRCH
+
+
+def case_vcpus_sched_host() -> None:
+    ctx, _ = context()
+    domid = ctx.domain_create_new(ctx.domain_config(json.dumps(HVM)))  # 2 vCPUs
+    vcpus = ctx.list_vcpus(domid)
+    assert [(v["vcpuid"], v["online"], v["cpumap"]) for v in vcpus] == [
+        (0, True, list(range(8))), (1, True, list(range(8)))]
+    ctx.set_vcpuaffinity(domid, 1, hard=[2, 3], soft=[3])
+    ctx.set_vcpuaffinity(domid, 0, soft=[5])
+    vcpus = ctx.list_vcpus(domid)
+    assert (vcpus[1]["cpumap"], vcpus[1]["cpumap_soft"]) == ([2, 3], [3])
+    assert (vcpus[0]["cpumap"], vcpus[0]["cpumap_soft"]) == (list(range(8)), [5])
+    assert expect(xl.XlError, ctx.set_vcpuaffinity, domid, 0, hard=[9]).name == "ERROR_INVAL"
+    expect(ValueError, ctx.set_vcpuaffinity, domid, 0, hard=[-1])
+    ctx.set_vcpuonline(domid, [0])
+    assert [v["online"] for v in ctx.list_vcpus(domid)] == [True, False]
+    t = with_event_thread(ctx)
+    assert ctx.set_vcpuonline(domid, {0, 1}, asynchronous=True).result(30) is None
+    assert [v["online"] for v in ctx.list_vcpus(domid)] == [True, True]
+    ctx.sched_params_set(domid, weight=512)
+    ctx.sched_params_set(domid, cap=40)
+    p = ctx.sched_params_get(domid)
+    assert (p["sched"], p["weight"], p["cap"]) == (5, 512, 40)
+    assert expect(xl.XlError, ctx.sched_params_set, domid, weight=0).name == "ERROR_INVAL"
+    MOCK.mock_xl_fail(b"libxl_list_vcpu", -3)
+    assert expect(xl.XlError, ctx.list_vcpus, domid).call == "libxl_list_vcpu"
+    phys = ctx.physinfo()
+    assert phys["nr_cpus"] == 8 and phys["cap_hvm"] and phys["cap_gnttab_v2"]
+    assert not phys["cap_shadow"]
+    v = ctx.version_info()
+    assert (v["major"], v["minor"], v["extra"]) == (4, 17, ".7-mock")
+    ctx.close()
+    t.join(30)

@@ -46,6 +46,9 @@ struct mdom {
     libxl_uuid uuid;
     char name[64];
     uint64_t max_memkb, target_memkb;
+    int vcpus;
+    uint8_t online, hard[8], soft[8];    /* bit i: vCPU i online / may run on CPU i */
+    int weight, cap;
     int paused, shutdown, reason;
     libxl_domain_type type;
     char *config_json;
@@ -431,6 +434,11 @@ static uint32_t add_domain(libxl_ctx *ctx, libxl_domain_config *cfg)
     snprintf(d->name, sizeof(d->name), "%s", cfg->c_info.name ? cfg->c_info.name : "");
     d->max_memkb = cfg->b_info.max_memkb;
     d->target_memkb = cfg->b_info.target_memkb;
+    d->vcpus = cfg->b_info.max_vcpus > 8 ? 8 : cfg->b_info.max_vcpus;
+    d->online = (uint8_t)((1u << d->vcpus) - 1);
+    memset(d->hard, 0xff, sizeof(d->hard));
+    memset(d->soft, 0xff, sizeof(d->soft));
+    d->weight = 256;
     d->type = cfg->c_info.type;
     d->paused = 1;
     json = libxl_domain_config_to_json(ctx, cfg);
@@ -764,4 +772,139 @@ int libxl_get_free_memory(libxl_ctx *ctx, uint64_t *memkb)
     *memkb = (16ULL << 20) - used;    /* a 16 GiB host */
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+/* ---- vCPUs, scheduling, host --------------------------------------------- */
+
+static void set_map(libxl_bitmap *b, uint8_t bits)
+{
+    libxl_bitmap_init(b);
+    b->size = 1;
+    b->map = malloc(1);
+    b->map[0] = bits;
+}
+
+libxl_vcpuinfo *libxl_list_vcpu(libxl_ctx *ctx, uint32_t domid, int *nb_vcpu, int *nr_cpus_out)
+{
+    libxl_vcpuinfo *list = NULL;
+    int rc, i;
+    struct mdom *d = locked_find(domid, "libxl_list_vcpu", &rc);
+    (void)ctx;
+    if (!rc) {
+        list = calloc((size_t)d->vcpus, sizeof(*list));
+        for (i = 0; i < d->vcpus; i++) {
+            libxl_vcpuinfo_init(&list[i]);
+            list[i].vcpuid = (uint32_t)i;
+            list[i].cpu = (uint32_t)i;
+            list[i].online = (d->online >> i) & 1;
+            list[i].running = list[i].online && !d->paused;
+            list[i].blocked = list[i].online && d->paused;
+            list[i].vcpu_time = 1000ULL * (uint64_t)(i + 1);
+            set_map(&list[i].cpumap, d->hard[i]);
+            set_map(&list[i].cpumap_soft, d->soft[i]);
+        }
+        *nb_vcpu = d->vcpus;
+        *nr_cpus_out = 8;
+    }
+    pthread_mutex_unlock(&lock);
+    return list;
+}
+
+int libxl_set_vcpuaffinity(libxl_ctx *ctx, uint32_t domid, uint32_t vcpuid,
+                           const libxl_bitmap *cpumap_hard, const libxl_bitmap *cpumap_soft)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_set_vcpuaffinity", &rc);
+    (void)ctx;
+    if (!rc && (int)vcpuid >= d->vcpus)
+        rc = ERROR_INVAL;
+    if (!rc && cpumap_hard && cpumap_hard->size > 1)
+        rc = ERROR_INVAL;    /* only 8 host CPUs here */
+    if (!rc && cpumap_hard) {
+        if (!cpumap_hard->map[0])
+            rc = ERROR_INVAL;
+        else
+            d->hard[vcpuid] = cpumap_hard->map[0];
+    }
+    if (!rc && cpumap_soft)
+        d->soft[vcpuid] = cpumap_soft->map[0];
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_set_vcpuonline(libxl_ctx *ctx, uint32_t domid, libxl_bitmap *cpumap,
+                         const libxl_asyncop_how *ao_how)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_set_vcpuonline", &rc);
+    if (!rc && (cpumap->size > 1 || (cpumap->map[0] >> d->vcpus)))
+        rc = ERROR_INVAL;
+    if (!rc)
+        d->online = cpumap->map[0];
+    pthread_mutex_unlock(&lock);
+    if (rc)
+        return rc;
+    return run_op(ctx, "libxl_set_vcpuonline", OP_NOTHING, domid, ao_how);
+}
+
+int libxl_domain_sched_params_get(libxl_ctx *ctx, uint32_t domid,
+                                  libxl_domain_sched_params *params)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_domain_sched_params_get", &rc);
+    (void)ctx;
+    if (!rc) {
+        params->sched = LIBXL_SCHEDULER_CREDIT;
+        params->weight = d->weight;
+        params->cap = d->cap;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_domain_sched_params_set(libxl_ctx *ctx, uint32_t domid,
+                                  const libxl_domain_sched_params *params)
+{
+    int rc;
+    struct mdom *d = locked_find(domid, "libxl_domain_sched_params_set", &rc);
+    (void)ctx;
+    if (!rc && params->weight != LIBXL_DOMAIN_SCHED_PARAM_WEIGHT_DEFAULT) {
+        if (params->weight < 1 || params->weight > 65535)
+            rc = ERROR_INVAL;
+        else
+            d->weight = params->weight;
+    }
+    if (!rc && params->cap != LIBXL_DOMAIN_SCHED_PARAM_CAP_DEFAULT)
+        d->cap = params->cap;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+int libxl_get_physinfo(libxl_ctx *ctx, libxl_physinfo *physinfo)
+{
+    (void)ctx;
+    physinfo->threads_per_core = 2;
+    physinfo->cores_per_socket = 4;
+    physinfo->nr_cpus = 8;
+    physinfo->max_cpu_id = 7;
+    physinfo->cpu_khz = 2400000;
+    physinfo->total_pages = 4U << 20;
+    physinfo->free_pages = 3U << 20;
+    physinfo->nr_nodes = 1;
+    physinfo->cap_hvm = physinfo->cap_pv = physinfo->cap_hap = true;
+    physinfo->cap_gnttab_v1 = physinfo->cap_gnttab_v2 = true;
+    return 0;
+}
+
+const libxl_version_info *libxl_get_version_info(libxl_ctx *ctx)
+{
+    static libxl_version_info v;
+    (void)ctx;
+    v.xen_version_major = 4;
+    v.xen_version_minor = 17;
+    v.xen_version_extra = ".7-mock";
+    v.capabilities = "xen-3.0-x86_64 hvm-3.0-x86_64";
+    v.changeset = "";
+    v.commandline = "dom0_mem=4G";
+    return &v;
 }
