@@ -149,3 +149,27 @@ def test_emulated_host_introduces_and_releases_directly() -> None:
     store.release_domain(9)
     assert dom0.events == [("@introduceDomain", "i"), ("@releaseDomain", "r")]
     assert dom0(Op.IS_DOMAIN_INTRODUCED, b"9") == b"F\0"
+
+
+def test_a_transaction_that_hit_its_quota_halfway_never_commits() -> None:
+    store = Store(Quotas(transaction_nodes=6))
+    dom0, guest = Peer(store), Peer(store, domid=4)
+    dom0(Op.MKDIR, b"/g")
+    dom0(Op.SET_PERMS, b"/g", b"n0", b"b4")
+    for name in (b"a", b"b", b"c", b"d", b"e"):
+        guest(Op.WRITE, raw=b"/g/t/" + name + b"\0")
+    tx = int(guest(Op.TRANSACTION_START, b"").rstrip(b"\0"))
+    try:  # removing /g/t touches more nodes than allowed: stops halfway
+        guest(Op.RM, b"/g/t", tx=tx)
+    except XsError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("quota not enforced")
+    try:
+        guest(Op.TRANSACTION_END, b"T", tx=tx)
+    except XsError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("a half-done transaction committed")
+    store.check()
+    assert dom0(Op.DIRECTORY, b"/g/t") == b"a\0b\0c\0d\0e\0"

@@ -153,6 +153,7 @@ class Transaction:
     dirty: set[str] = field(default_factory=set)
     events: list[_Event] = field(default_factory=list)
     owned_delta: Counter[int] = field(default_factory=Counter)
+    failed: bool = False  # an operation stopped halfway: never commit this one
 
 
 @dataclass(eq=False)
@@ -625,6 +626,8 @@ class Store:
         del conn.transactions[tx.id]
         if parts[0] == b"F":
             return _OK
+        if tx.failed:
+            raise XsError(errno.ENOSPC, "transaction hit its node quota")
         for path, gen in tx.read_generations.items():
             cur = self.nodes.get(path)
             if (cur.generation if cur is not None else NO_NODE) != gen:
@@ -859,6 +862,7 @@ class _TxView(_View):
         if path in tx.nodes:
             return tx.nodes[path]
         if len(tx.nodes) >= self.limit:
+            tx.failed = True
             raise XsError(errno.ENOSPC, "transaction touches too many nodes")
         node = self.store.nodes.get(path)
         tx.read_generations[path] = node.generation if node is not None else NO_NODE
