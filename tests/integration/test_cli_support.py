@@ -51,10 +51,10 @@ def cli(d: Daemon, *argv: str) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def cli_process(d: Daemon, *argv: str, timeout: float = 60) -> Result:
-    p = subprocess.run(
-        [*CLI, "--socket", d.xml_socket, *argv], capture_output=True, text=True, timeout=timeout
-    )
+def cli_process(d: Daemon | None, *argv: str, timeout: float = 60) -> Result:
+    """A real `xenops-cli` process; with a daemon, pointed at its XML socket."""
+    where = ["--socket", d.xml_socket] if d is not None else []
+    p = subprocess.run([*CLI, *where, *argv], capture_output=True, text=True, timeout=timeout)
     return Result(p.returncode, p.stdout, p.stderr)
 
 

@@ -139,19 +139,22 @@ class Progress:
         self.start = time.monotonic()
         self.shown = False
 
-    def bar(self, fraction: float, note: str = "") -> str:
+    def bar(self, fraction: float, note: str = "", columns: int = 1000) -> str:
+        """`label [#####.....]  50%   1.2s note`, the label cut short to fit `columns`."""
         fraction = min(max(fraction, 0.0), 1.0)
         done = round(fraction * self.WIDTH)
         elapsed = time.monotonic() - self.start
-        text = f"{self.label} [{'#' * done}{'.' * (self.WIDTH - done)}] {fraction * 100:3.0f}%"
-        text += f" {elapsed:5.1f}s"
-        return f"{text} {note}" if note else text
+        text = f" [{'#' * done}{'.' * (self.WIDTH - done)}] {fraction * 100:3.0f}%"
+        text += f" {elapsed:5.1f}s" + (f" {note}" if note else "")
+        room = max(columns - len(text), 8)
+        label = self.label if len(self.label) <= room else self.label[: room - 3] + "..."
+        return (label + text)[:columns]
 
     def show(self, fraction: float, note: str = "") -> None:
         if not self.enabled:
             return
-        columns = shutil.get_terminal_size((80, 24)).columns
-        self.stream.write("\r" + self.bar(fraction, note)[: columns - 1] + "\x1b[K")
+        columns = shutil.get_terminal_size((80, 24)).columns - 1
+        self.stream.write("\r" + self.bar(fraction, note, columns) + "\x1b[K")
         self.stream.flush()
         self.shown = True
 
