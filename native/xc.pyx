@@ -425,6 +425,92 @@ cdef class Interface:
             _fail(&e, "xc_get_max_cpus")
         return n
 
+    def cputopoinfo(self):
+        """(core, socket, node) of every CPU number, or None for an absent CPU."""
+        cdef unsigned n = 0, i
+        cdef int rc
+        cdef _Err e
+        cdef xc_cputopo_t *topo = NULL
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            rc = xc_cputopoinfo(h, &n, NULL)
+            if rc != 0:
+                _capture(h, &e)
+        self._leave()
+        if rc != 0:
+            _fail(&e, "xc_cputopoinfo")
+        topo = <xc_cputopo_t *>calloc(n if n else 1, sizeof(xc_cputopo_t))
+        if topo == NULL:
+            raise MemoryError()
+        try:
+            h = self._enter()
+            with nogil:
+                rc = xc_cputopoinfo(h, &n, topo)
+                if rc != 0:
+                    _capture(h, &e)
+            self._leave()
+            if rc != 0:
+                _fail(&e, "xc_cputopoinfo")
+            return [None if topo[i].core == 0xFFFFFFFF else
+                    (topo[i].core, topo[i].socket, topo[i].node) for i in range(n)]
+        finally:
+            free(topo)
+
+    def numainfo(self):
+        """([(memsize, memfree) per node, in bytes], distance matrix node x node)."""
+        cdef unsigned n = 0, i, j
+        cdef int rc
+        cdef _Err e
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            rc = xc_numainfo(h, &n, NULL, NULL)
+            if rc != 0:
+                _capture(h, &e)
+        self._leave()
+        if rc != 0:
+            _fail(&e, "xc_numainfo")
+        cdef xc_meminfo_t *mem = <xc_meminfo_t *>calloc(n if n else 1, sizeof(xc_meminfo_t))
+        cdef uint32_t *dist = <uint32_t *>calloc(n * n if n else 1, sizeof(uint32_t))
+        try:
+            if mem == NULL or dist == NULL:
+                raise MemoryError()
+            h = self._enter()
+            with nogil:
+                rc = xc_numainfo(h, &n, mem, dist)
+                if rc != 0:
+                    _capture(h, &e)
+            self._leave()
+            if rc != 0:
+                _fail(&e, "xc_numainfo")
+            return ([(mem[i].memsize, mem[i].memfree) for i in range(n)],
+                    [[dist[i * n + j] for j in range(n)] for i in range(n)])
+        finally:
+            free(mem)
+            free(dist)
+
+    def get_cpu_featureset(self, uint32_t index):
+        """A CPU featureset (XEN_SYSCTL_cpu_featureset_*: host 1, pv_max 4, hvm_max 5)."""
+        cdef uint32_t n = xc_get_cpu_featureset_size()
+        cdef uint32_t *words = <uint32_t *>calloc(n if n else 1, sizeof(uint32_t))
+        cdef int rc
+        cdef uint32_t i
+        cdef _Err e
+        cdef xc_interface *h
+        if words == NULL:
+            raise MemoryError()
+        try:
+            h = self._enter()
+            with nogil:
+                rc = xc_get_cpu_featureset(h, index, &n, words)
+                if rc != 0:
+                    _capture(h, &e)
+            self._leave()
+            if rc != 0:
+                _fail(&e, "xc_get_cpu_featureset")
+            return [words[i] for i in range(n)]
+        finally:
+            free(words)
+
     def readconsolering(self, bint clear=False, unsigned int size=65536):
         """The hypervisor's console ring, at most `size` bytes of it."""
         cdef xc_interface *h = self._enter()

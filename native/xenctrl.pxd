@@ -47,6 +47,16 @@ cdef extern from "xenctrl.h":
     int xc_physinfo(xc_interface *xch, xc_physinfo_t *info) nogil
     int xc_version(xc_interface *xch, int cmd, void *arg) nogil
     int xc_sched_id(xc_interface *xch, int *sched_id) nogil
+    ctypedef struct xc_cputopo_t:
+        uint32_t core
+        uint32_t socket
+        uint32_t node
+    ctypedef struct xc_meminfo_t:
+        uint64_t memsize
+        uint64_t memfree
+    int xc_cputopoinfo(xc_interface *xch, unsigned *max_cpus, xc_cputopo_t *cputopo) nogil
+    int xc_numainfo(xc_interface *xch, unsigned *max_nodes, xc_meminfo_t *meminfo,
+                    uint32_t *distance) nogil
     int xc_readconsolering(xc_interface *xch, char *buffer, unsigned int *pnr_chars,
                            int clear, int incremental, uint32_t *pindex) nogil
     int xc_send_debug_keys(xc_interface *xch, const char *keys) nogil

@@ -50,3 +50,6 @@ cdef extern from "xenguest.h":
                           xc_stream_type_t stream_type, restore_callbacks *callbacks,
                           int send_back_fd) nogil
     int xc_domain_resume(xc_interface *xch, uint32_t domid, int fast) nogil
+    int xc_get_cpu_featureset(xc_interface *xch, uint32_t index, uint32_t *nr_features,
+                              uint32_t *featureset) nogil
+    uint32_t xc_get_cpu_featureset_size() nogil

@@ -14,6 +14,7 @@ from xenopsd.backends.xc.hypervisor import (
     CreateFlag,
     DomainConfig,
     EmulationFlag,
+    Featureset,
     HvmParam,
     PhysCap,
     PrecopyPolicy,
@@ -28,6 +29,10 @@ from xenopsd.backends.xc.hypervisor_native import NativeHypervisor
 def case_native_hypervisor_end_to_end() -> None:
     hv = NativeHypervisor()
     assert hv.version().major == 4 and hv.sched_id() is Scheduler.CREDIT2
+    topo = hv.cputopoinfo()
+    assert topo[4] is not None and (topo[4].socket, topo[4].node) == (1, 1) and topo[7] is None
+    assert [n.distances for n in hv.numainfo()] == [[10, 21], [21, 10]]
+    assert hv.get_cpu_featureset(Featureset.PV_MAX)[0] == 0x5000
     phys = hv.physinfo()
     assert PhysCap.HVM in phys.capabilities and PhysCap.GNTTAB_V2 in phys.capabilities
     vm = uuid.uuid4()

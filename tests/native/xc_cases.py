@@ -399,3 +399,17 @@ def case_restore_bad_stream() -> None:
     os.close(w)
     e = expect(xc.XcError, x.domain_restore, r, domid, 1, 2)
     assert e.errno == errno.EINVAL and "Image Header" in e.detail
+
+
+def case_topology_numa_featureset() -> None:
+    x, _ = open_()
+    topo = x.cputopoinfo()
+    assert len(topo) == 8 and topo[0] == (0, 0, 0) and topo[5] == (1, 1, 1) and topo[7] is None
+    mem, dist = x.numainfo()
+    assert [size for size, _ in mem] == [2 << 30, 2 << 30]
+    assert mem[1][1] == (2 << 30) - 2048 * 4096
+    assert dist == [[10, 21], [21, 10]]
+    hvm_max = x.get_cpu_featureset(5)
+    assert len(hvm_max) > 10 and hvm_max[:2] == [0x6000, 0x6001]  # every word came back
+    e = expect(xc.XcError, x.get_cpu_featureset, 99)
+    assert e.errno == errno.EINVAL

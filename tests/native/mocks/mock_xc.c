@@ -324,6 +324,57 @@ int xc_physinfo(xc_interface *xch, xc_physinfo_t *info)
     RETURN(0);
 }
 
+/* Two sockets of four cores; CPU 7 is offline. Node n = socket n. */
+int xc_cputopoinfo(xc_interface *xch, unsigned *max_cpus, xc_cputopo_t *cputopo)
+{
+    unsigned i;
+    BEGIN(xch, "xc_cputopoinfo");
+    if (cputopo) {
+        if (*max_cpus < HOST_CPUS) {
+            fail(mh, ENOBUFS, "xc_cputopoinfo: buffer of %u too small", *max_cpus);
+            RETURN(-1);
+        }
+        for (i = 0; i < HOST_CPUS; i++) {
+            cputopo[i].core = i == 7 ? XEN_INVALID_CORE_ID : i % 4;
+            cputopo[i].socket = i == 7 ? XEN_INVALID_SOCKET_ID : i / 4;
+            cputopo[i].node = i == 7 ? XEN_INVALID_NODE_ID : i / 4;
+        }
+    }
+    *max_cpus = HOST_CPUS;
+    RETURN(0);
+}
+
+int xc_numainfo(xc_interface *xch, unsigned *max_nodes, xc_meminfo_t *meminfo,
+                uint32_t *distance)
+{
+    unsigned i, j;
+    BEGIN(xch, "xc_numainfo");
+    if (meminfo && distance) {
+        for (i = 0; i < 2; i++) {
+            meminfo[i].memsize = (HOST_PAGES / 2) * 4096;
+            meminfo[i].memfree = (HOST_PAGES / 2 - 1024 * (i + 1)) * 4096;
+            for (j = 0; j < 2; j++)
+                distance[i * 2 + j] = i == j ? 10 : 21;
+        }
+    }
+    *max_nodes = 2;
+    RETURN(0);
+}
+
+int xc_get_cpu_featureset(xc_interface *xch, uint32_t index, uint32_t *nr_features,
+                          uint32_t *featureset)
+{
+    uint32_t i;
+    BEGIN(xch, "xc_get_cpu_featureset");
+    if (index > XEN_SYSCTL_cpu_featureset_hvm_max) {
+        fail(mh, EINVAL, "xc_get_cpu_featureset: index %u", index);
+        RETURN(-1);
+    }
+    for (i = 0; i < *nr_features; i++)
+        featureset[i] = (index + 1) * 0x1000 + i;
+    RETURN(0);
+}
+
 int xc_sched_id(xc_interface *xch, int *sched_id)
 {
     BEGIN(xch, "xc_sched_id");

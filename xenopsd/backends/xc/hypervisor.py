@@ -192,6 +192,34 @@ class PhysInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuTopology:
+    core: int
+    socket: int
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class NumaNode:
+    memsize: int
+    """bytes"""
+    memfree: int
+    """bytes"""
+    distances: list[int]
+    """distance to each node, indexed by node number"""
+
+
+class Featureset(IntEnum):
+    """XEN_SYSCTL_cpu_featureset_*: which CPU featureset to read."""
+
+    RAW = 0
+    HOST = 1
+    PV = 2
+    HVM = 3
+    PV_MAX = 4
+    HVM_MAX = 5
+
+
+@dataclass(frozen=True, slots=True)
 class XenVersion:
     major: int
     minor: int
@@ -265,6 +293,11 @@ class Hypervisor(Protocol):
     def version(self) -> XenVersion: ...
     def physinfo(self) -> PhysInfo: ...
     def sched_id(self) -> Scheduler: ...
+    def cputopoinfo(self) -> list[CpuTopology | None]:
+        """Indexed by CPU number; None for a CPU that is not present."""
+        ...
+    def numainfo(self) -> list[NumaNode]: ...
+    def get_cpu_featureset(self, which: Featureset) -> list[int]: ...
     def readconsolering(self, clear: bool = False) -> bytes: ...
     def send_debug_keys(self, keys: str) -> None: ...
 

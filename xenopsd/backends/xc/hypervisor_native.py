@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 
 from xenopsd import log
 from xenopsd.backends.xc.hypervisor import (
+    CpuTopology,
     DirtyBitmap,
     DomainConfig,
     DomainInfo,
+    Featureset,
     HvmParam,
     Hypervisor,
     LogdirtyCallback,
+    NumaNode,
     PhysCap,
     PhysInfo,
     PrecopyCallback,
@@ -102,6 +105,16 @@ class NativeHypervisor(Hypervisor):
 
     def sched_id(self) -> Scheduler:
         return Scheduler(self._x.sched_id())
+
+    def cputopoinfo(self) -> list[CpuTopology | None]:
+        return [None if t is None else CpuTopology(*t) for t in self._x.cputopoinfo()]
+
+    def numainfo(self) -> list[NumaNode]:
+        memory, distances = self._x.numainfo()
+        return [NumaNode(size, free, distances[i]) for i, (size, free) in enumerate(memory)]
+
+    def get_cpu_featureset(self, which: Featureset) -> list[int]:
+        return self._x.get_cpu_featureset(int(which))
 
     def readconsolering(self, clear: bool = False) -> bytes:
         return self._x.readconsolering(clear)
