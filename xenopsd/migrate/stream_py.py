@@ -28,14 +28,15 @@ _PAGE_DATA: Final = 1
 
 def scan_bitmap(bitmap: Buffer, nr_pfns: int) -> array[int]:
     """The set bits of an LSB-first bitmap of `nr_pfns` bits, ascending."""
-    view = memoryview(bitmap).cast("B")
-    nbytes = (nr_pfns + 7) // 8
-    if nr_pfns < 0 or len(view) < nbytes:
-        raise ValueError(
-            f"scan_bitmap: a bitmap of {len(view)} bytes cannot hold {nr_pfns} pfns"
-        )
+    with _Views() as views:
+        view = views.of(bitmap)
+        nbytes = (nr_pfns + 7) // 8
+        if nr_pfns < 0 or len(view) < nbytes:
+            raise ValueError(
+                f"scan_bitmap: a bitmap of {len(view)} bytes cannot hold {nr_pfns} pfns"
+            )
+        raw = bytes(view[:nbytes]) + b"\0" * (-nbytes % 8)
     out = array("Q")
-    raw = bytes(view[:nbytes]) + b"\0" * (-nbytes % 8)
     words = array("Q", raw)
     for i, word in enumerate(words):
         if not word:
@@ -51,7 +52,38 @@ def scan_bitmap(bitmap: Buffer, nr_pfns: int) -> array[int]:
     return out
 
 
-def _page_iovs(words: array[int] | memoryview, mem: memoryview, call: str) -> list[memoryview]:
+class _Views:
+    """Every memoryview made during one call, released when it ends.
+
+    A slice of a mapping pins it (`mmap.close` fails) for as long as the
+    slice lives, and an exception's traceback would keep them alive; the
+    compiled module holds no such references, so neither may this one.
+    """
+
+    def __init__(self) -> None:
+        self._made: list[memoryview] = []
+
+    def __enter__(self) -> _Views:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for view in reversed(self._made):
+            view.release()
+        self._made.clear()
+
+    def of(self, buf: Buffer, words: bool = False) -> memoryview:
+        """Bytes, or u64 words, of any buffer."""
+        byte_view = self.keep(self.keep(memoryview(buf)).cast("B"))
+        return self.keep(byte_view.cast("Q")) if words else byte_view
+
+    def keep(self, view: memoryview) -> memoryview:
+        self._made.append(view)
+        return view
+
+
+def _page_iovs(
+    views: _Views, words: memoryview, mem: memoryview, call: str
+) -> list[memoryview]:
     """One slice of `mem` per run of consecutive data pages."""
     runs: list[list[int]] = []
     size = len(mem)
@@ -68,49 +100,15 @@ def _page_iovs(words: array[int] | memoryview, mem: memoryview, call: str) -> li
             runs[-1][1] += _PAGE_SIZE
         else:
             runs.append([off, off + _PAGE_SIZE])
-    return [mem[a:b] for a, b in runs]
+    return [views.keep(mem[a:b]) for a, b in runs]
 
 
-def _writev_all(fd: int, iov: list[memoryview]) -> int:
+def _transfer(views: _Views, fd: int, iov: list[memoryview], out: bool) -> int:
+    """Move every byte the slices describe, across partial transfers."""
     done = 0
     while iov:
-        n = os.writev(fd, iov[:_IOV_MAX])
-        done += n
-        while iov and n >= len(iov[0]):
-            n -= len(iov[0])
-            iov.pop(0)
-        if n:
-            iov[0] = iov[0][n:]
-    return done
-
-
-def send_pages(fd: int, mem: Buffer, words: Buffer) -> int:
-    """Write PAGE_DATA records for the pfn words, 1024 to a record, pages from `mem`."""
-    view = memoryview(mem).cast("B")
-    wview = memoryview(words).cast("B").cast("Q")
-    done = 0
-    for start in range(0, len(wview), PAGE_BATCH):
-        batch = wview[start : start + PAGE_BATCH]
-        pages = _page_iovs(batch, view, "send_pages")
-        payload = sum(len(p) for p in pages)
-        header = struct.pack("<IIII", _PAGE_DATA, 8 + 8 * len(batch) + payload, len(batch), 0)
-        done += _writev_all(fd, [memoryview(header + batch.tobytes()), *pages])
-    return done
-
-
-def recv_pages(fd: int, mem: Buffer, words: Buffer) -> int:
-    """Read one PAGE_DATA payload from `fd` into `mem` at each data page's pfn offset."""
-    view = memoryview(mem).cast("B")
-    if view.readonly:
-        raise TypeError("recv_pages: the guest mapping is read-only")
-    wview = memoryview(words).cast("B").cast("Q")
-    if len(wview) > PAGE_BATCH:
-        raise ValueError(f"recv_pages: {len(wview)} pfns, at most {PAGE_BATCH} in one record")
-    iov = _page_iovs(wview, view, "recv_pages")
-    done = 0
-    while iov:
-        n = os.readv(fd, iov[:_IOV_MAX])
-        if n == 0:
+        n = os.writev(fd, iov[:_IOV_MAX]) if out else os.readv(fd, iov[:_IOV_MAX])
+        if n == 0 and not out:
             raise EOFError(
                 f"recv_pages: stream ended after {done} bytes, inside a PAGE_DATA record"
             )
@@ -119,5 +117,33 @@ def recv_pages(fd: int, mem: Buffer, words: Buffer) -> int:
             n -= len(iov[0])
             iov.pop(0)
         if n:
-            iov[0] = iov[0][n:]
+            iov[0] = views.keep(iov[0][n:])
     return done
+
+
+def send_pages(fd: int, mem: Buffer, words: Buffer) -> int:
+    """Write PAGE_DATA records for the pfn words, 1024 to a record, pages from `mem`."""
+    with _Views() as views:
+        view = views.of(mem)
+        wview = views.of(words, words=True)
+        done = 0
+        for start in range(0, len(wview), PAGE_BATCH):
+            batch = views.keep(wview[start : start + PAGE_BATCH])
+            pages = _page_iovs(views, batch, view, "send_pages")
+            payload = sum(len(p) for p in pages)
+            header = struct.pack("<IIII", _PAGE_DATA, 8 + 8 * len(batch) + payload, len(batch), 0)
+            iov = [views.keep(memoryview(header + batch.tobytes())), *pages]
+            done += _transfer(views, fd, iov, out=True)
+        return done
+
+
+def recv_pages(fd: int, mem: Buffer, words: Buffer) -> int:
+    """Read one PAGE_DATA payload from `fd` into `mem` at each data page's pfn offset."""
+    with _Views() as views:
+        view = views.of(mem)
+        if view.readonly:
+            raise TypeError("recv_pages: the guest mapping is read-only")
+        wview = views.of(words, words=True)
+        if len(wview) > PAGE_BATCH:
+            raise ValueError(f"recv_pages: {len(wview)} pfns, at most {PAGE_BATCH} in one record")
+        return _transfer(views, fd, _page_iovs(views, wview, view, "recv_pages"), out=False)
