@@ -70,8 +70,15 @@ def test_add_from_xl_registers_vm_and_devices(d: Daemon, tmp_path: Path, mode: s
     path, vm_id = xl_config(tmp_path, f"add-{mode}", 'pci = [ "0000:03:00.0" ]\n')
     r = cli(d, *mode_args(mode), "add", str(path)).ok()
     if mode == "json":
-        assert r.doc == {"id": vm_id, "name": f"add-{mode}", "vbds": ["xvda", "hdc"],
-                         "vifs": ["0"], "pcis": ["0"], "vgpus": [], "vusbs": []}  # fmt: skip
+        assert r.doc == {
+            "id": vm_id,
+            "name": f"add-{mode}",
+            "vbds": ["xvda", "hdc"],
+            "vifs": ["0"],
+            "pcis": ["0"],
+            "vgpus": [],
+            "vusbs": [],
+        }
     else:
         assert r.out == vm_id + "\n"
     c = d.xml()
@@ -209,8 +216,9 @@ def test_pluggable_devices(d: Daemon, tmp_path: Path, mode: str, kind: str) -> N
         assert r.doc == {"vm": vm_id, "device": dev}
     r = cli(d, *m, f"{kind}-list", name).ok()
     if mode == "json":
-        assert {x["device"] for x in r.doc} == ({"xvda", "hdc", "xvdc"} if kind == "vbd"
-                                                else {"0", "1"})  # fmt: skip
+        assert {x["device"] for x in r.doc} == (
+            {"xvda", "hdc", "xvdc"} if kind == "vbd" else {"0", "1"}
+        )
         assert all(x["plugged"] is False for x in r.doc)
     else:
         assert r.out.splitlines()[0].split()[0] == "DEVICE" and dev in r.out
@@ -238,8 +246,15 @@ def test_pci_devices(d: Daemon, tmp_path: Path, mode: str) -> None:
     cli(d, *m, "pci-add", name, "03:00.1,msitranslate=0").ok()
     r = cli(d, *m, "pci-list", name).ok()
     if mode == "json":
-        assert r.doc == [{"device": "0", "address": "0000:03:00.1", "msitranslate": False,
-                          "power_mgmt": None, "plugged": False}]  # fmt: skip
+        assert r.doc == [
+            {
+                "device": "0",
+                "address": "0000:03:00.1",
+                "msitranslate": False,
+                "power_mgmt": None,
+                "plugged": False,
+            }
+        ]
     else:
         assert r.out.splitlines()[1].split() == ["0", "0000:03:00.1", "false", "-", "false"]
     failed(cli(d, "pci-add", name, "3:0"), 2, "not a PCI address")

@@ -33,11 +33,32 @@ def test_help_lists_every_subcommand() -> None:
         names -= {f"{prefix}-{v}" for v in ("list", "add", "plug", "unplug", "remove")}
     names -= {"pci-list", "pci-add", "pci-remove"}
     assert names == {
-        "list", "show", "add", "create", "remove", "start", "shutdown", "reboot", "pause",
-        "unpause", "suspend", "resume", "migrate", "cd-insert", "cd-eject", "vcpus", "memory",
-        "delay", "events", "tasks", "diagnostics", "export-metadata", "import-metadata", "host",
+        "list",
+        "show",
+        "add",
+        "create",
+        "remove",
+        "start",
+        "shutdown",
+        "reboot",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "migrate",
+        "cd-insert",
+        "cd-eject",
+        "vcpus",
+        "memory",
+        "delay",
+        "events",
+        "tasks",
+        "diagnostics",
+        "export-metadata",
+        "import-metadata",
+        "host",
         "call",
-    }  # fmt: skip
+    }
 
 
 def test_exit_codes_and_streams(shared_daemon: Daemon, tmp_path: Path) -> None:
@@ -100,8 +121,13 @@ def d(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def spawn(d: Daemon, *argv: str) -> pexpect.spawn:
-    return pexpect.spawn(CLI[0], [*CLI[1:], "--socket", d.xml_socket, *argv],
-                         encoding="utf-8", timeout=60, dimensions=(24, 120))  # fmt: skip
+    return pexpect.spawn(
+        CLI[0],
+        [*CLI[1:], "--socket", d.xml_socket, *argv],
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(24, 120),
+    )
 
 
 def finish(child: pexpect.spawn) -> tuple[int, str]:
@@ -142,8 +168,11 @@ def test_second_ctrl_c_stops_waiting_and_leaves_the_task(d: Daemon, tmp_path: Pa
     d.xml().call("Task.cancel", id=blocker)
 
 
-@pytest.mark.xfail(strict=True, reason="VM.migrate not landed: fails Unimplemented in its "
-                   "precheck before the first cancellation point")  # fmt: skip
+@pytest.mark.xfail(
+    strict=True,
+    reason="VM.migrate not landed: fails Unimplemented in its "
+    "precheck before the first cancellation point",
+)
 def test_ctrl_c_during_migrate_cancels_it(d: Daemon, tmp_path: Path) -> None:
     vm_id = add_vm(d, tmp_path, "mover-" + "x" * 30)
     assert cli(d, "start", vm_id).code == 0
