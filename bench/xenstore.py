@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.xenstore.conftest import start_xenstored, stop_xenstored  # noqa: E402
 from xenopsd.xenstore.client import Client, open_client  # noqa: E402
+from xenopsd.xenstore.protocol import Op, Packet  # noqa: E402
+from xenopsd.xenstore.store import Store  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "xenstore.md"
 KINDS = ("native", "pyxs")
@@ -76,6 +78,24 @@ def request_rates(c: Client, seconds: float) -> dict[str, float]:
     }
 
 
+def store_rates(seconds: float) -> dict[str, float]:
+    """The request handler alone, in-process: the ceiling any socket client can reach."""
+    store = Store()
+    conn = store.connect(lambda packet, is_event: None)
+    for path, value in ((b"/bench/r1", b"x"), (b"/bench/r2000", b"x" * 2000)):
+        store.handle(conn, Packet(Op.WRITE, 0, 0, path + b"\0" + value))
+    requests = {
+        "read 1": Packet(Op.READ, 0, 0, b"/bench/r1\0"),
+        "read 2000": Packet(Op.READ, 0, 0, b"/bench/r2000\0"),
+        "write 1": Packet(Op.WRITE, 0, 0, b"/bench/w1\0y"),
+        "write 2000": Packet(Op.WRITE, 0, 0, b"/bench/w2000\0" + b"y" * 2000),
+    }
+    return {
+        op: rate(seconds, lambda _n, p=packet: store.handle(conn, p))
+        for op, packet in requests.items()
+    }
+
+
 def c_client_rates(socket: str, iterations: int) -> dict[str, float]:
     """test-xenstore -i: operations per second of Xen's C client, by test name."""
     root = os.environ.get("XEN_TOOLS", str(ROOT / "build" / "xen-tools" / "root"))
@@ -108,10 +128,11 @@ def main() -> None:
     # is the median over rounds, each ratio the median of per-round ratios.
     ops = ("read 1", "read 2000", "write 1", "write 2000")
     samples: dict[str, dict[str, list[float]]] = {
-        k: {op: [] for op in (*ops, "watch events", "latency")} for k in (*KINDS, "C")
+        k: {op: [] for op in (*ops, "watch events", "latency")} for k in (*KINDS, "C", "store")
     }
     ratios: dict[str, dict[str, list[float]]] = {
-        r: {op: [] for op in ops} for r in ("native/C", "pyxs/C", "native/pyxs")
+        r: {op: [] for op in ops}
+        for r in ("native/C", "pyxs/C", "native/pyxs", "C/store")
     }
     server, tmp = start_xenstored()
     try:
@@ -124,6 +145,7 @@ def main() -> None:
                 got[kind]["watch events"] = events
                 got[kind]["latency"] = latency
             got["C"] = c_client_rates(server.socket, args.iterations)
+            got["store"] = store_rates(args.seconds)
             for kind, figures in got.items():
                 for op, value in figures.items():
                     samples[kind][op].append(value)
@@ -132,6 +154,7 @@ def main() -> None:
                 if op in got["C"]:
                     ratios["native/C"][op].append(got["native"][op] / got["C"][op])
                     ratios["pyxs/C"][op].append(got["pyxs"][op] / got["C"][op])
+                    ratios["C/store"][op].append(got["C"][op] / got["store"][op])
         for c, w in clients.values():
             c.close()
             w.close()
@@ -155,15 +178,19 @@ def main() -> None:
         f"`C client` is Xen's `test-xenstore -i {args.iterations} -t <test>` (libxenstore, no "
         "Python) against the same server in the same rounds; its figure is 1e9 / its average "
         "ns per request. The server's own cost is in every column, so the ratios say what each "
-        "client layer adds on top of a C caller.",
+        "client layer adds on top of a C caller. `store` is the server's request handler "
+        "called in-process with no socket: the ceiling for any client, and `C / store` says how "
+        "much of it the socket round trip (asyncio, two context switches) leaves.",
         "",
-        "| operation | native/s | pyxs/s | C client/s | native / C | pyxs / C | native / pyxs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| operation | native/s | pyxs/s | C client/s | store/s | native / C | pyxs / C "
+        "| native / pyxs | C / store |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for op in ops:
         lines.append(
             f"| {op} | {cell('native', op)} | {cell('pyxs', op)} | {cell('C', op)} | "
-            f"{ratio('native/C', op)} | {ratio('pyxs/C', op)} | {ratio('native/pyxs', op)} |"
+            f"{cell('store', op)} | {ratio('native/C', op)} | {ratio('pyxs/C', op)} | "
+            f"{ratio('native/pyxs', op)} | {ratio('C/store', op)} |"
         )
     lines += [
         "",
