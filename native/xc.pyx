@@ -13,7 +13,7 @@ its log messages go to whatever callable the caller hands to `Interface`.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EBADF, EINVAL, EBUSY
+from libc.errno cimport errno, EBADF, EINVAL, EBUSY, ESRCH
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy, strncpy
@@ -99,36 +99,36 @@ cdef class DomainInfo:
 
     @property
     def dying(self):
-        return bool(self.flags & (1 << 0))
+        return bool(self.flags & XEN_DOMINF_dying)
 
     @property
     def hvm(self):
-        return bool(self.flags & (1 << 1))
+        return bool(self.flags & XEN_DOMINF_hvm_guest)
 
     @property
     def shutdown(self):
-        return bool(self.flags & (1 << 2))
+        return bool(self.flags & XEN_DOMINF_shutdown)
 
     @property
     def paused(self):
-        return bool(self.flags & (1 << 3))
+        return bool(self.flags & XEN_DOMINF_paused)
 
     @property
     def blocked(self):
-        return bool(self.flags & (1 << 4))
+        return bool(self.flags & XEN_DOMINF_blocked)
 
     @property
     def running(self):
-        return bool(self.flags & (1 << 5))
+        return bool(self.flags & XEN_DOMINF_running)
 
     @property
     def hap(self):
-        return bool(self.flags & (1 << 8))
+        return bool(self.flags & XEN_DOMINF_hap)
 
     @property
     def shutdown_code(self):
         """The guest's SHUTDOWN_* code; meaningful only when `shutdown` is set."""
-        return (self.flags >> 16) & 0xFF
+        return (self.flags >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
 
     def __repr__(self):
         return (f"DomainInfo(domid={self.domid}, flags={self.flags:#x}, "
@@ -721,7 +721,7 @@ cdef class Interface:
         if n < 0:
             _fail(&e, "xc_domain_getinfolist")
         if n == 0 or info.domain != domid:
-            _fail_errno(3, "xc_domain_getinfolist", f"no domain {domid}")  # ESRCH
+            _fail_errno(ESRCH, "xc_domain_getinfolist", f"no domain {domid}")
         return _domaininfo(&info)
 
     # ---- vCPUs and scheduling ---------------------------------------------

@@ -9,10 +9,6 @@ cdef extern from "xenctrl.h":
     ctypedef struct xc_interface:
         pass
 
-    int XC_OPENFLAG_DUMMY
-    int XC_OPENFLAG_NON_REENTRANT
-    int XC_MAX_ERROR_MSG_LEN
-
     ctypedef struct xc_error:
         int code
         char *message
@@ -23,7 +19,6 @@ cdef extern from "xenctrl.h":
     int xc_interface_close(xc_interface *xch) nogil
     const xc_error *xc_get_last_error(xc_interface *handle) nogil
     void xc_clear_last_error(xc_interface *xch) nogil
-    const char *xc_error_code_to_desc(int code) nogil
 
     ctypedef uint8_t xen_domain_handle_t[16]
     ctypedef unsigned long xen_pfn_t
@@ -200,12 +195,19 @@ cdef extern from "xen/version.h":
     int XENVER_version
     int XENVER_extraversion
     int XENVER_capabilities
-    int XENVER_changeset
     ctypedef char xen_extraversion_t[16]
     ctypedef char xen_capabilities_info_t[1024]
-    ctypedef char xen_changeset_info_t[64]
 
 cdef extern from "xen/domctl.h":
+    unsigned XEN_DOMINF_dying
+    unsigned XEN_DOMINF_hvm_guest
+    unsigned XEN_DOMINF_shutdown
+    unsigned XEN_DOMINF_paused
+    unsigned XEN_DOMINF_blocked
+    unsigned XEN_DOMINF_running
+    unsigned XEN_DOMINF_hap
+    unsigned XEN_DOMINF_shutdownmask
+    unsigned XEN_DOMINF_shutdownshift
     int XEN_DOMCTL_SHADOW_OP_OFF
     int XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY
     int XEN_DOMCTL_SHADOW_OP_CLEAN

@@ -28,6 +28,3 @@ cdef extern from "xentoollog.h":
                          const char *doing_what, int percent,
                          unsigned long done, unsigned long total) noexcept nogil
         void (*destroy)(xentoollog_logger *logger) noexcept nogil
-
-    ctypedef struct xentoollog_logger_stdiostream:
-        pass

@@ -35,7 +35,7 @@ from posix.unistd cimport pipe, write, close as close_fd
 from posix.fcntl cimport fcntl, F_SETFD, FD_CLOEXEC
 
 from libxl cimport *
-from xentoollog cimport xentoollog_logger, XTL_INFO, XTL_CRITICAL
+from xentoollog cimport xentoollog_logger, XTL_INFO
 from xtl cimport PyLogger, logger_new, logger_free
 
 import errno as _errno
