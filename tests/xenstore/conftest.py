@@ -58,7 +58,9 @@ def start_xenstored(*extra: str) -> tuple[Xenstored, str]:
     args = [sys.executable, "-m", "xenopsd.xenstore.server", "--socket", sock, *extra]
     for d, p in domain_sockets.items():
         args += ["--domain-socket", f"{d}:{p}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE)
+    # The log goes to a file: an unread pipe would block the server once full.
+    with open(os.path.join(tmp, "log"), "wb") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, stderr=log)
     _wait_listening(sock, proc)
     return Xenstored(proc, sock, domain_sockets), tmp
 
