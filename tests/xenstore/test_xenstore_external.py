@@ -84,6 +84,13 @@ def test_cli_write_read_exists_rm(xenstored: Xenstored, base: str) -> None:
     assert run(xenstored, "xenstore-exists", f"{base}/a").returncode == 1
 
 
+def test_cli_rm_tidy_removes_empty_parents(xenstored: Xenstored, base: str) -> None:
+    run(xenstored, "xenstore-write", f"{base}/keep", "v", f"{base}/p/q/leaf", "x")
+    assert run(xenstored, "xenstore-rm", "-t", f"{base}/p/q/leaf").returncode == 0
+    assert run(xenstored, "xenstore-exists", f"{base}/p").returncode == 1
+    assert run(xenstored, "xenstore-list", base).stdout == "keep\n"
+
+
 def test_cli_escapes_values(xenstored: Xenstored, base: str) -> None:
     assert run(xenstored, "xenstore-write", f"{base}/e", "tab\\there\\x01").returncode == 0
     assert run(xenstored, "xenstore-read", f"{base}/e").stdout == "tab\\there\\001\n"
