@@ -9,11 +9,24 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from xenopsd.backends.xc.hypervisor import (
+    CreateFlag,
+    DomainConfig,
+    Featureset,
+    HvmParam,
+    PhysCap,
+    Scheduler,
+    ShutdownReason,
+    VcpuAffinity,
+    dead_handle,
+    pci_sbdf,
+)
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import HypercallError
 from xenopsd.emu.testing import (
@@ -88,18 +101,22 @@ def shutdown_code(hv: EmuHypervisor, domid: int) -> int | None:
 # ---- domains ----------------------------------------------------------------
 
 
+def config(**kw: Any) -> DomainConfig:
+    return DomainConfig(handle=uuid.uuid4(), **kw)
+
+
 def test_create_pause_unpause_destroy(hv: EmuHypervisor) -> None:
-    handle = bytes(range(16))
-    a = hv.domain_create(handle=handle, max_vcpus=3)
-    b = hv.domain_create(handle=handle, max_vcpus=1, flags=1)
+    handle = uuid.uuid4()
+    a = hv.domain_create(DomainConfig(handle=handle, max_vcpus=3))
+    b = hv.domain_create(config(flags=CreateFlag.HVM | CreateFlag.HAP))
     assert b > a > 0
     info = hv.domain_getinfo(a)
-    assert (info.domid, info.handle, info.paused, info.shutdown, info.hvm) == (
-        a, handle, True, False, False)
+    assert (info.domid, info.handle, info.paused, info.shutdown, info.hvm, info.running) == (
+        a, handle, True, False, False, False)
     assert info.tot_pages == 0 and info.max_vcpu_id == 2
-    assert hv.domain_getinfo(b).hvm
+    assert hv.domain_getinfo(b).hvm and hv.domain_getinfo(b).hap
     with pytest.raises(HypercallError) as exc:
-        hv.domain_create(domid=a)
+        hv.domain_create(config(), domid=a)
     assert exc.value.errno == errno.EEXIST and exc.value.call == "xc_domain_create"
     hv.domain_pause(a)
     hv.domain_unpause(a)
@@ -109,8 +126,8 @@ def test_create_pause_unpause_destroy(hv: EmuHypervisor) -> None:
     with pytest.raises(HypercallError) as exc:
         hv.domain_unpause(a)
     assert exc.value.errno == errno.EINVAL and exc.value.call == "xc_domain_unpause"
-    hv.domain_sethandle(a, bytes(16))
-    assert hv.domain_getinfo(a).handle == bytes(16)
+    hv.domain_sethandle(a, dead_handle(a))
+    assert hv.domain_getinfo(a).handle == dead_handle(a)
     assert [d.domid for d in hv.domain_getinfolist(a, 2)] == [a, b]
     for d in (a, b):
         hv.domain_destroy(d)
@@ -120,12 +137,16 @@ def test_create_pause_unpause_destroy(hv: EmuHypervisor) -> None:
 
 
 def test_vcpus_memory_evtchn_params_bookkeeping(hv: EmuHypervisor) -> None:
-    d = hv.domain_create(max_vcpus=2, flags=1)
+    d = hv.domain_create(config(max_vcpus=2, flags=CreateFlag.HVM))
     with pytest.raises(HypercallError):
         hv.domain_max_vcpus(d, 3)
     hv.domain_max_vcpus(d, 2)
-    assert hv.vcpu_setaffinity(d, 1, hard=[2, 3]) == ([2, 3], None)
-    assert hv.vcpu_getaffinity(d, 1)[0] == [2, 3]
+    assert hv.vcpu_setaffinity(d, 1, hard=[2, 3]) == VcpuAffinity([2, 3], None)
+    assert hv.vcpu_getaffinity(d, 1).hard == [2, 3]
+    assert hv.vcpu_getinfo(d, 1).online
+    hv.sched_credit_set(d, 512, 50)
+    assert hv.sched_credit_get(d) == (512, 50)
+    assert hv.sched_id() == Scheduler.CREDIT
     hv.domain_setmaxmem(d, 8192)
     assert hv.domain_getinfo(d).max_pages == 2048
     hv.domain_populate_physmap_exact(d, [0, 1, 2, 3])
@@ -134,12 +155,28 @@ def test_vcpus_memory_evtchn_params_bookkeeping(hv: EmuHypervisor) -> None:
         hv.domain_populate_physmap_exact(d, list(range(4, 4000)))
     assert exc.value.errno == errno.ENOMEM
     assert hv.evtchn_alloc_unbound(d, 0) != hv.evtchn_alloc_unbound(d, 0)
-    hv.hvm_param_set(d, 10, 1)
-    assert hv.hvm_param_get(d, 10) == 1
+    hv.hvm_param_set(d, HvmParam.TIMER_MODE, 1)
+    assert hv.hvm_param_get(d, HvmParam.TIMER_MODE) == 1
     assert hv.shadow_allocation_set(d, 8) == hv.shadow_allocation_get(d) == 8
-    free = hv.physinfo()["free_pages"]
+    sbdf = pci_sbdf(0, 3, 0, 0)
+    hv.assign_device(d, sbdf)
+    assert not hv.test_assign_device(d, sbdf)
+    hv.deassign_device(d, sbdf)
+    free = hv.physinfo().free_pages
     hv.domain_destroy(d)
-    assert hv.physinfo()["free_pages"] == free + 4
+    assert hv.physinfo().free_pages == free + 4
+
+
+def test_host_information(hv: EmuHypervisor) -> None:
+    v = hv.version()
+    assert (v.major, v.minor) == (4, 17)
+    info = hv.physinfo()
+    assert PhysCap.HVM in info.capabilities and PhysCap.GNTTAB_V2 in info.capabilities
+    assert len(hv.cputopoinfo()) == info.nr_cpus
+    assert hv.numainfo()[0].memsize == info.total_pages * 4096
+    assert hv.get_cpu_featureset(Featureset.HVM_MAX) != hv.get_cpu_featureset(Featureset.PV_MAX)
+    hv.send_debug_keys("q")
+    assert b"(XEN)" in hv.readconsolering()
 
 
 @pytest.mark.parametrize("reason", [0, 1, 2, 3, 4])
@@ -148,7 +185,7 @@ def test_shutdown_reason_and_release_domain(hv: EmuHypervisor, xs: Client, reaso
     xs.watch("@releaseDomain", "rel")
     next_event_for(xs, "rel")  # the initial firing
     hv.domain_unpause(g.domid)
-    hv.domain_shutdown(g.domid, reason)
+    hv.domain_shutdown(g.domid, ShutdownReason(reason))
     assert next_event_for(xs, "rel") == "@releaseDomain"
     assert shutdown_code(hv, g.domid) == reason
     hv.domain_destroy(g.domid)
@@ -206,8 +243,10 @@ def test_logdirty_follows_the_workload_and_clears_on_read(
         slot, count = hv.logdirty_clean(g.domid)
         assert count == 1 and bytes(m.slot_view(slot))[0] == 1 << 5
         assert hv.logdirty_clean(g.domid)[1] == 0, "a clean must clear the bitmap"
-        bitmap, dirty, _ = hv.logdirty_bitmap(g.domid, 16384)
-        assert dirty == 0 and len(bitmap) == 2048
+        round_ = hv.logdirty_bitmap(g.domid, 16384)
+        assert round_.dirty_count == 0 and len(round_.bitmap) == 2048
+        hv.poke(g.domid, 12, b"y")
+        assert hv.logdirty_bitmap(g.domid, 16384).dirty_pages() == [12]
     finally:
         m.close()
     hv.domain_destroy(g.domid)
@@ -277,7 +316,7 @@ def test_hard_unplug_of_a_dead_guest(hv: EmuHypervisor, native_xs: Client) -> No
     g = start_domain(hv, xs)
     be, fe = add_vif(xs, g, devid=1), f"{g.home}/device/vif/1"
     _connected(xs, be, fe)
-    hv.domain_shutdown(g.domid, 0)
+    hv.domain_shutdown(g.domid, ShutdownReason.POWEROFF)
     xs.write(f"{be}/online", "0")
     xs.rm(fe)
     xs.wait_for(f"{be}/state", b"6", WAIT)
@@ -398,16 +437,16 @@ def test_fault_backend_hotplug_error(hv: EmuHypervisor, native_xs: Client) -> No
 def test_fault_hypercall_errno(hv: EmuHypervisor) -> None:
     hv.fault_hypercall("domain_create", errno.ENOMEM)
     with pytest.raises(HypercallError) as exc:
-        hv.domain_create()
+        hv.domain_create(config())
     assert (exc.value.errno, exc.value.call) == (errno.ENOMEM, "xc_domain_create")
     assert isinstance(exc.value, OSError)
-    d = hv.domain_create()  # count=1: the next call succeeds
+    d = hv.domain_create(config())  # count=1: the next call succeeds
     hv.fault_hypercall("domain_unpause", errno.EIO, count=-1, domid=d)
     for _ in range(2):
         with pytest.raises(HypercallError) as exc:
             hv.domain_unpause(d)
         assert exc.value.errno == errno.EIO and exc.value.call == "xc_domain_unpause"
-    other = hv.domain_create()
+    other = hv.domain_create(config())
     hv.domain_unpause(other)  # the fault is scoped to domain d
     hv.fault_clear()
     hv.domain_unpause(d)
@@ -442,7 +481,7 @@ def test_device_model_qmp_and_kill(hv: EmuHypervisor, xs: Client, emu: EmulatorP
     qmp_path = hv.device_model_start(g.domid)
     xs.wait_for(f"/local/domain/0/device-model/{g.domid}/state", b"running", WAIT)
     assert xs.read(f"{g.home}/console/vnc-port") == str(5900 + g.domid).encode()
-    assert hv.hvm_param_get(g.domid, 0) != 0, "PV drivers set the callback IRQ"
+    assert hv.hvm_param_get(g.domid, HvmParam.CALLBACK_IRQ) != 0, "PV drivers set it"
     q = Qmp(qmp_path)
     try:
         assert "QMP" in q.greeting
@@ -479,6 +518,10 @@ def test_ctl_cli(hv: EmuHypervisor, native_xs: Client, emu: EmulatorProcess) -> 
 
     listed = json.loads(ctl("list").stdout)
     assert any(d["domid"] == g.domid and d["uuid"] == g.uuid for d in listed)
+    assert ctl("shutdown", str(g.domid), "watchdog").returncode == 0
+    assert shutdown_code(hv, g.domid) == ShutdownReason.WATCHDOG
+    hv.domain_destroy(g.domid)
+    g = start_domain(hv, native_xs)
     bad = ctl("fail-hypercall", "domain_pause", "EPERM", "--domid", str(g.domid))
     assert bad.returncode == 0, bad.stderr
     with pytest.raises(HypercallError) as exc:
@@ -498,4 +541,4 @@ def test_unknown_operation_is_enosys(hv: EmuHypervisor) -> None:
     with pytest.raises(HypercallError) as exc:
         hv.call("domain_pause", domid=1, bogus=2)
     assert exc.value.errno == errno.EINVAL
-    assert hv.version()[0] == 4  # the connection survives both
+    assert hv.version().major == 4  # the connection survives both

@@ -1,9 +1,10 @@
 """The daemon's side of the emulated hypervisor: libxc's calls over the control socket.
 
-`EmuHypervisor` offers the method names, arguments and results of
-`xenopsd.native.xc.Interface` (the real libxc binding), so the `xc` backend
-drives either through one interface; failures raise `HypercallError`, an
-`OSError` with `errno`, `call` and `detail` like the binding's `XcError`.
+`EmuHypervisor` implements `xenopsd.backends.xc.hypervisor.Hypervisor`, the
+interface the `xc` backend programs against (its other implementation is
+`NativeHypervisor` over real libxc); failures raise `HypercallError`, an
+`OSError` with `errno`, `call` and `detail` like the native binding's
+`XcError`.
 Calls block (worker threads make them) and are serialised on one
 connection; the emulator answers each from its own loop in microseconds.
 
@@ -23,10 +24,31 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xenopsd.backends.xc.hypervisor import (
+    CpuTopology,
+    DirtyBitmap,
+    DomainConfig,
+    DomainInfo,
+    Featureset,
+    HvmParam,
+    Hypervisor,
+    LogdirtyCallback,
+    NumaNode,
+    PhysCap,
+    PhysInfo,
+    PrecopyCallback,
+    RestoreResult,
+    Scheduler,
+    ShutdownReason,
+    SuspendCallback,
+    VcpuAffinity,
+    VcpuInfo,
+    XenVersion,
+)
 from xenopsd.emu.control import (
     CONTROL_SOCKET,
     MAX_PENDING_FDS,
@@ -41,70 +63,12 @@ from xenopsd.emu.memory import PAGE_SIZE, DirtyLog
 
 RECV_CHUNK = 65536
 _FD_SPACE = socket.CMSG_SPACE(MAX_PENDING_FDS * array.array("i").itemsize)
-SHUTDOWN_FLAG, PAUSED_FLAG = 1 << 2, 1 << 3
 
 
-@dataclass(frozen=True)
-class DomainInfo:
-    """One domain as `xc_domain_getinfolist` reports it (the native binding's fields)."""
-
-    domid: int
-    flags: int
-    tot_pages: int
-    max_pages: int
-    outstanding_pages: int
-    shr_pages: int
-    paged_pages: int
-    shared_info_frame: int
-    cpu_time: int
-    nr_online_vcpus: int
-    max_vcpu_id: int
-    ssidref: int
-    cpupool: int
-    handle: bytes
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> DomainInfo:
-        fields = dict(raw)
-        fields["handle"] = bytes.fromhex(fields["handle"])
-        return cls(**fields)
-
-    @property
-    def dying(self) -> bool:
-        return bool(self.flags & (1 << 0))
-
-    @property
-    def hvm(self) -> bool:
-        return bool(self.flags & (1 << 1))
-
-    @property
-    def shutdown(self) -> bool:
-        return bool(self.flags & SHUTDOWN_FLAG)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self.flags & PAUSED_FLAG)
-
-    @property
-    def blocked(self) -> bool:
-        return bool(self.flags & (1 << 4))
-
-    @property
-    def running(self) -> bool:
-        return bool(self.flags & (1 << 5))
-
-    @property
-    def hap(self) -> bool:
-        return bool(self.flags & (1 << 8))
-
-    @property
-    def shutdown_code(self) -> int:
-        """The guest's SHUTDOWN_* code; meaningful only when `shutdown` is set."""
-        return (self.flags >> 16) & 0xFF
-
-    @property
-    def uuid(self) -> uuid.UUID:
-        return uuid.UUID(bytes=self.handle)
+def _info(raw: dict[str, Any]) -> DomainInfo:
+    fields = dict(raw)
+    fields["handle"] = uuid.UUID(hex=fields["handle"])
+    return DomainInfo(**fields)
 
 
 class GuestMapping:
@@ -139,7 +103,7 @@ class GuestMapping:
         self.log.mm.close()
 
 
-class EmuHypervisor:
+class EmuHypervisor(Hypervisor):
     """libxc, as the emulated host at `rundir` implements it."""
 
     def __init__(self, rundir: str | os.PathLike[str], timeout: float = 60.0) -> None:
@@ -212,44 +176,45 @@ class EmuHypervisor:
 
     # ---- host -------------------------------------------------------------
 
-    def version(self) -> tuple[int, int, str, str]:
+    def version(self) -> XenVersion:
         major, minor, extra, caps = self.call("version")
-        return int(major), int(minor), str(extra), str(caps)
+        return XenVersion(int(major), int(minor), str(extra), str(caps))
 
-    def physinfo(self) -> dict[str, int]:
-        info: dict[str, int] = self.call("physinfo")
-        return info
+    def physinfo(self) -> PhysInfo:
+        raw = dict(self.call("physinfo"))
+        raw["capabilities"] = PhysCap(raw["capabilities"])
+        return PhysInfo(**raw)
 
-    def sched_id(self) -> int:
-        return int(self.call("sched_id"))
+    def sched_id(self) -> Scheduler:
+        return Scheduler(self.call("sched_id"))
 
-    def get_max_cpus(self) -> int:
-        return int(self.call("get_max_cpus"))
+    def cputopoinfo(self) -> list[CpuTopology | None]:
+        return [None if t is None else CpuTopology(*t) for t in self.call("cputopoinfo")]
 
-    def readconsolering(self, clear: bool = False, size: int = 65536) -> bytes:
-        return str(self.call("readconsolering", clear=clear, size=size)).encode()
+    def numainfo(self) -> list[NumaNode]:
+        return [NumaNode(int(size), int(free), list(dist))
+                for size, free, dist in self.call("numainfo")]
 
-    def send_debug_keys(self, keys: str | bytes) -> None:
-        text = keys.decode("ascii") if isinstance(keys, bytes) else keys
-        self.call("send_debug_keys", keys=text)
+    def get_cpu_featureset(self, which: Featureset) -> list[int]:
+        return [int(w) for w in self.call("get_cpu_featureset", which=int(which))]
+
+    def readconsolering(self, clear: bool = False) -> bytes:
+        return str(self.call("readconsolering", clear=clear)).encode()
+
+    def send_debug_keys(self, keys: str) -> None:
+        self.call("send_debug_keys", keys=keys)
 
     # ---- domain lifecycle -------------------------------------------------
 
-    def domain_create(self, domid: int = 0, *, handle: bytes = bytes(16), flags: int = 0,
-                      ssidref: int = 0, iommu_opts: int = 0, max_vcpus: int = 1,
-                      max_evtchn_port: int = 0xFFFFFFFF, max_grant_frames: int = -1,
-                      max_maptrack_frames: int = -1, grant_opts: int = 1,
-                      vmtrace_size: int = 0, cpupool_id: int = 0, emulation_flags: int = 0,
-                      misc_flags: int = 0) -> int:
-        if len(bytes(handle)) != 16:
-            raise ValueError(f"a domain handle is 16 bytes (a UUID), not {len(bytes(handle))}")
+    def domain_create(self, config: DomainConfig, domid: int = 0) -> int:
         return int(self.call(
-            "domain_create", domid=domid, handle=bytes(handle).hex(), flags=flags,
-            ssidref=ssidref, iommu_opts=iommu_opts, max_vcpus=max_vcpus,
-            max_evtchn_port=max_evtchn_port, max_grant_frames=max_grant_frames,
-            max_maptrack_frames=max_maptrack_frames, grant_opts=grant_opts,
-            vmtrace_size=vmtrace_size, cpupool_id=cpupool_id,
-            emulation_flags=emulation_flags, misc_flags=misc_flags))
+            "domain_create", domid=domid, handle=config.handle.hex, flags=int(config.flags),
+            ssidref=config.ssidref, iommu_opts=config.iommu_opts, max_vcpus=config.max_vcpus,
+            max_evtchn_port=config.max_evtchn_port, max_grant_frames=config.max_grant_frames,
+            max_maptrack_frames=config.max_maptrack_frames,
+            grant_version=config.grant_version, vmtrace_size=config.vmtrace_size,
+            cpupool_id=config.cpupool_id, emulation_flags=int(config.emulation_flags),
+            misc_flags=config.misc_flags))
 
     def domain_destroy(self, domid: int) -> None:
         self.call("domain_destroy", domid=domid)
@@ -260,13 +225,11 @@ class EmuHypervisor:
     def domain_unpause(self, domid: int) -> None:
         self.call("domain_unpause", domid=domid)
 
-    def domain_shutdown(self, domid: int, reason: int) -> None:
-        self.call("domain_shutdown", domid=domid, reason=reason)
+    def domain_shutdown(self, domid: int, reason: ShutdownReason) -> None:
+        self.call("domain_shutdown", domid=domid, reason=int(reason))
 
-    def domain_sethandle(self, domid: int, handle: bytes) -> None:
-        if len(bytes(handle)) != 16:
-            raise ValueError("a domain handle is 16 bytes (a UUID)")
-        self.call("domain_sethandle", domid=domid, handle=bytes(handle).hex())
+    def domain_sethandle(self, domid: int, handle: uuid.UUID) -> None:
+        self.call("domain_sethandle", domid=domid, handle=handle.hex)
 
     def domain_soft_reset(self, domid: int) -> None:
         self.call("domain_soft_reset", domid=domid)
@@ -274,71 +237,78 @@ class EmuHypervisor:
     def domain_resume(self, domid: int, fast: bool = True) -> None:
         self.call("domain_resume", domid=domid, fast=fast)
 
+    def domain_getinfo(self, domid: int) -> DomainInfo:
+        return _info(self.call("domain_getinfo", domid=domid))
+
     def domain_getinfolist(self, first: int = 0, max_domains: int = 1024) -> list[DomainInfo]:
         raw = self.call("domain_getinfolist", first=first, max_domains=max_domains)
-        return [DomainInfo.from_wire(d) for d in raw]
-
-    def domain_getinfo(self, domid: int) -> DomainInfo:
-        return DomainInfo.from_wire(self.call("domain_getinfo", domid=domid))
+        return [_info(d) for d in raw]
 
     # ---- vCPUs and scheduling ---------------------------------------------
 
     def domain_max_vcpus(self, domid: int, max_vcpus: int) -> None:
         self.call("domain_max_vcpus", domid=domid, max_vcpus=max_vcpus)
 
-    def vcpu_setaffinity(self, domid: int, vcpu: int, hard: Any = None,
-                         soft: Any = None) -> tuple[list[int] | None, list[int] | None]:
+    def vcpu_setaffinity(self, domid: int, vcpu: int, hard: Iterable[int] | None = None,
+                         soft: Iterable[int] | None = None) -> VcpuAffinity:
         if hard is None and soft is None:
             raise ValueError("vcpu_setaffinity needs a hard or a soft map")
         h, s = self.call("vcpu_setaffinity", domid=domid, vcpu=vcpu,
                          hard=None if hard is None else list(hard),
                          soft=None if soft is None else list(soft))
-        return h, s
+        return VcpuAffinity(h, s)
 
-    def vcpu_getaffinity(self, domid: int, vcpu: int) -> tuple[list[int], list[int]]:
+    def vcpu_getaffinity(self, domid: int, vcpu: int) -> VcpuAffinity:
         hard, soft = self.call("vcpu_getaffinity", domid=domid, vcpu=vcpu)
-        return hard, soft
+        return VcpuAffinity(hard, soft)
 
-    def vcpu_getinfo(self, domid: int, vcpu: int) -> tuple[bool, bool, bool, int, int]:
+    def vcpu_getinfo(self, domid: int, vcpu: int) -> VcpuInfo:
         online, blocked, running, cpu_time, cpu = self.call("vcpu_getinfo", domid=domid,
                                                             vcpu=vcpu)
-        return bool(online), bool(blocked), bool(running), int(cpu_time), int(cpu)
+        return VcpuInfo(bool(online), bool(blocked), bool(running), int(cpu_time), int(cpu))
 
-    def sched_credit_domain_get(self, domid: int) -> tuple[int, int]:
-        weight, cap = self.call("sched_credit_domain_get", domid=domid)
+    def sched_credit_get(self, domid: int) -> tuple[int, int]:
+        weight, cap = self.call("sched_credit_get", domid=domid)
         return int(weight), int(cap)
 
-    def sched_credit_domain_set(self, domid: int, weight: int, cap: int) -> None:
-        self.call("sched_credit_domain_set", domid=domid, weight=weight, cap=cap)
+    def sched_credit_set(self, domid: int, weight: int, cap: int) -> None:
+        self.call("sched_credit_set", domid=domid, weight=weight, cap=cap)
+
+    def sched_credit2_get(self, domid: int) -> tuple[int, int]:
+        weight, cap = self.call("sched_credit2_get", domid=domid)
+        return int(weight), int(cap)
+
+    def sched_credit2_set(self, domid: int, weight: int, cap: int) -> None:
+        self.call("sched_credit2_set", domid=domid, weight=weight, cap=cap)
 
     # ---- memory -----------------------------------------------------------
 
-    def domain_setmaxmem(self, domid: int, max_memkb: int) -> None:
-        self.call("domain_setmaxmem", domid=domid, max_memkb=max_memkb)
+    def domain_setmaxmem(self, domid: int, max_kib: int) -> None:
+        self.call("domain_setmaxmem", domid=domid, max_kib=max_kib)
 
-    def domain_set_memmap_limit(self, domid: int, map_limitkb: int) -> None:
-        self.call("domain_set_memmap_limit", domid=domid, map_limitkb=map_limitkb)
+    def domain_set_memmap_limit(self, domid: int, limit_kib: int) -> None:
+        self.call("domain_set_memmap_limit", domid=domid, limit_kib=limit_kib)
 
     def domain_claim_pages(self, domid: int, nr_pages: int) -> None:
         self.call("domain_claim_pages", domid=domid, nr_pages=nr_pages)
 
-    def domain_populate_physmap_exact(self, domid: int, pfns: Any, extent_order: int = 0,
-                                      mem_flags: int = 0) -> None:
+    def domain_populate_physmap_exact(self, domid: int, pfns: Sequence[int],
+                                      extent_order: int = 0) -> None:
         frames = [int(p) for p in pfns]
         if frames:
             self.call("domain_populate_physmap_exact", domid=domid, pfns=frames,
-                      extent_order=extent_order, mem_flags=mem_flags)
+                      extent_order=extent_order)
 
     def get_tot_pages(self, domid: int) -> int:
         return int(self.call("get_tot_pages", domid=domid))
 
     def domain_build(self, domid: int, kind: str, mem_max_kib: int, mem_start_kib: int,
-                     store_port: int, console_port: int) -> tuple[int, int]:
-        """The `xenguest` helper's job: (store_mfn, console_mfn) of a built domain."""
+                     store_port: int, console_port: int) -> RestoreResult:
+        """The `xenguest` helper's job: back the boot memory, place the rings."""
         store_mfn, console_mfn = self.call(
             "domain_build", domid=domid, kind=kind, mem_max_kib=mem_max_kib,
             mem_start_kib=mem_start_kib, store_port=store_port, console_port=console_port)
-        return int(store_mfn), int(console_mfn)
+        return RestoreResult(int(store_mfn), int(console_mfn))
 
     def map_memory(self, domid: int) -> GuestMapping:
         layout, fds = self._call("map_memory", {"domid": domid})
@@ -353,8 +323,8 @@ class EmuHypervisor:
     def shadow_allocation_get(self, domid: int) -> int:
         return int(self.call("shadow_allocation_get", domid=domid))
 
-    def shadow_allocation_set(self, domid: int, mb: int) -> int:
-        return int(self.call("shadow_allocation_set", domid=domid, mb=mb))
+    def shadow_allocation_set(self, domid: int, mib: int) -> int:
+        return int(self.call("shadow_allocation_set", domid=domid, mib=mib))
 
     def logdirty_enable(self, domid: int, enable: bool = True) -> None:
         self.call("logdirty_enable", domid=domid, enable=enable)
@@ -365,27 +335,26 @@ class EmuHypervisor:
         slot, count = self.call("logdirty_clean", domid=domid)
         return int(slot), int(count)
 
-    def logdirty_bitmap(self, domid: int, pages: int,
-                        clean: bool = True) -> tuple[bytes, int, int]:
-        """libxc's shape: (bitmap bytes, dirty count, fault count). Maps the
-        log for the call; a save loop should map once and use logdirty_clean."""
+    def logdirty_bitmap(self, domid: int, pages: int, clean: bool = True) -> DirtyBitmap:
+        """libxc's shape. Maps the log for the one call; a save loop should
+        map once and use `logdirty_clean` with `GuestMapping.slot_view`."""
         mapping = self.map_memory(domid)
         try:
             if clean:
                 slot, count = self.logdirty_clean(domid)
-                return mapping.log.slot(slot, pages), count, 0
+                return DirtyBitmap(mapping.log.slot(slot, pages), count, 0)
             bitmap = mapping.log.slot(mapping.log.active, pages)
-            return bitmap, int.from_bytes(bitmap, "little").bit_count(), 0
+            return DirtyBitmap(bitmap, int.from_bytes(bitmap, "little").bit_count(), 0)
         finally:
             mapping.close()
 
     # ---- HVM parameters and event channels --------------------------------
 
-    def hvm_param_get(self, domid: int, param: int) -> int:
-        return int(self.call("hvm_param_get", domid=domid, param=param))
+    def hvm_param_get(self, domid: int, param: HvmParam) -> int:
+        return int(self.call("hvm_param_get", domid=domid, param=int(param)))
 
-    def hvm_param_set(self, domid: int, param: int, value: int) -> None:
-        self.call("hvm_param_set", domid=domid, param=param, value=value)
+    def hvm_param_set(self, domid: int, param: HvmParam, value: int) -> None:
+        self.call("hvm_param_set", domid=domid, param=int(param), value=value)
 
     def evtchn_alloc_unbound(self, domid: int, remote_domid: int = 0) -> int:
         return int(self.call("evtchn_alloc_unbound", domid=domid, remote_domid=remote_domid))
@@ -395,14 +364,14 @@ class EmuHypervisor:
 
     # ---- PCI passthrough and I/O permissions ------------------------------
 
-    def assign_device(self, domid: int, machine_sbdf: int, flag: int = 0) -> None:
-        self.call("assign_device", domid=domid, machine_sbdf=machine_sbdf, flag=flag)
+    def assign_device(self, domid: int, sbdf: int) -> None:
+        self.call("assign_device", domid=domid, sbdf=sbdf)
 
-    def deassign_device(self, domid: int, machine_sbdf: int) -> None:
-        self.call("deassign_device", domid=domid, machine_sbdf=machine_sbdf)
+    def deassign_device(self, domid: int, sbdf: int) -> None:
+        self.call("deassign_device", domid=domid, sbdf=sbdf)
 
-    def test_assign_device(self, domid: int, machine_sbdf: int) -> bool:
-        return bool(self.call("test_assign_device", domid=domid, machine_sbdf=machine_sbdf))
+    def test_assign_device(self, domid: int, sbdf: int) -> bool:
+        return bool(self.call("test_assign_device", domid=domid, sbdf=sbdf))
 
     def domain_irq_permission(self, domid: int, pirq: int, allow: bool) -> None:
         self.call("domain_irq_permission", domid=domid, pirq=pirq, allow=allow)
@@ -416,6 +385,21 @@ class EmuHypervisor:
                                  allow: bool) -> None:
         self.call("domain_ioport_permission", domid=domid, first_port=first_port,
                   nr_ports=nr_ports, allow=allow)
+
+    # ---- save and restore -------------------------------------------------
+
+    def domain_save(self, fd: int, domid: int, suspend: SuspendCallback, *, live: bool = False,
+                    precopy_policy: PrecopyCallback | None = None,
+                    switch_qemu_logdirty: LogdirtyCallback | None = None) -> None:
+        """Not yet: the libxc stream of an emulated guest is to be written by
+        xenopsd.migrate over `map_memory` (see docs/emulator.md)."""
+        raise HypercallError(errno.ENOSYS, "xc_domain_save", "not implemented by the emulator")
+
+    def domain_restore(self, fd: int, domid: int, store_evtchn: int, console_evtchn: int, *,
+                       store_domid: int = 0, console_domid: int = 0) -> RestoreResult:
+        """Not yet: see `domain_save`."""
+        raise HypercallError(errno.ENOSYS, "xc_domain_restore",
+                             "not implemented by the emulator")
 
     # ---- dom0 services and the guest (not libxc) --------------------------
 

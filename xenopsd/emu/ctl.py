@@ -15,11 +15,11 @@ import json
 import sys
 from typing import Any
 
+from xenopsd.backends.xc.hypervisor import ShutdownReason
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import HypercallError
 
-SHUTDOWN_REASONS = {"poweroff": 0, "reboot": 1, "suspend": 2, "crash": 3, "watchdog": 4,
-                    "soft_reset": 5}
+SHUTDOWN_REASONS = {r.name.lower(): r for r in ShutdownReason}
 
 
 def _errno(text: str) -> int:
@@ -72,7 +72,7 @@ def run(h: EmuHypervisor, args: argparse.Namespace) -> Any:
         return h.status()
     if cmd in ("list", "info"):
         infos = h.domain_getinfolist() if cmd == "list" else [h.domain_getinfo(args.domid)]
-        return [{"domid": i.domid, "uuid": str(i.uuid), "paused": i.paused,
+        return [{"domid": i.domid, "uuid": str(i.handle), "paused": i.paused,
                  "shutdown": i.shutdown_code if i.shutdown else None, "dying": i.dying,
                  "hvm": i.hvm, "tot_pages": i.tot_pages, "max_pages": i.max_pages,
                  "vcpus": i.nr_online_vcpus} for i in infos]

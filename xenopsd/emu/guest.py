@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from xenopsd import log
+from xenopsd.backends.xc.hypervisor import HvmParam, ShutdownReason
 from xenopsd.emu.backends import (
     CLOSED,
     CLOSING,
@@ -37,15 +38,7 @@ from xenopsd.emu.backends import (
     Consoles,
 )
 from xenopsd.emu.control import HypercallError
-from xenopsd.emu.host import (
-    HVM_PARAM_ACPI_S_STATE,
-    HVM_PARAM_CALLBACK_IRQ,
-    SHUTDOWN_POWEROFF,
-    SHUTDOWN_REBOOT,
-    SHUTDOWN_SUSPEND,
-    Domain,
-    Host,
-)
+from xenopsd.emu.host import Domain, Host
 from xenopsd.emu.xs import LocalXs
 from xenopsd.xenstore.client import XenstoreError
 from xenopsd.xenstore.store import Store
@@ -53,10 +46,10 @@ from xenopsd.xenstore.store import Store
 logger = log.get(__name__)
 
 SHUTDOWN_REASONS = {
-    "poweroff": SHUTDOWN_POWEROFF,
-    "halt": SHUTDOWN_POWEROFF,
-    "reboot": SHUTDOWN_REBOOT,
-    "suspend": SHUTDOWN_SUSPEND,
+    "poweroff": ShutdownReason.POWEROFF,
+    "halt": ShutdownReason.POWEROFF,
+    "reboot": ShutdownReason.REBOOT,
+    "suspend": ShutdownReason.SUSPEND,
 }
 ACK_TO_SHUTDOWN_DELAY = 0.05  # the guest's own shutdown path takes a moment
 WORKLOAD_TICK = 0.02
@@ -114,7 +107,7 @@ class Guest:
         self.ram_top = self.dom.tot_pages - self._special_pages()
         self.say(f"Linux version 6.1.0-emu (domain {self.domid}) booting")
         if self.dom.hvm and self.pv:
-            self.dom.hvm_params[HVM_PARAM_CALLBACK_IRQ] = 1
+            self.dom.hvm_params[HvmParam.CALLBACK_IRQ] = 1
         for path, token in ((f"{self.home}/device", "device"), (f"{self.home}/cpu", "cpu"),
                             (f"{self.home}/memory/target", "balloon"),
                             (f"{self.home}/control/shutdown", "shutdown")):
@@ -284,7 +277,7 @@ class Guest:
         await asyncio.sleep(ACK_TO_SHUTDOWN_DELAY)
         if request == "s3":
             self.s3 = True
-            self.dom.hvm_params[HVM_PARAM_ACPI_S_STATE] = 3
+            self.dom.hvm_params[HvmParam.ACPI_S_STATE] = 3
             return
         self.say(f"reboot: {'Restarting system' if request == 'reboot' else 'Power down'}")
         try:
@@ -293,7 +286,7 @@ class Guest:
             logger.info("guest shutdown hypercall failed", domid=self.domid, error=str(exc))
 
     def s3_resume(self) -> None:
-        if self.s3 and self.dom.hvm_params.get(HVM_PARAM_ACPI_S_STATE, 0) == 0:
+        if self.s3 and self.dom.hvm_params.get(HvmParam.ACPI_S_STATE, 0) == 0:
             self.s3 = False
             self.runnable_changed()
 

@@ -23,21 +23,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xenopsd import log
+from xenopsd.backends.xc.hypervisor import (
+    DOMID_FIRST_RESERVED,
+    CreateFlag,
+    PhysCap,
+    Scheduler,
+    ShutdownReason,
+)
 from xenopsd.emu.control import HypercallError
 from xenopsd.emu.memory import PAGE_SIZE, GuestMemory
 
 logger = log.get(__name__)
 
-DOMID_FIRST_RESERVED = 0x7FF0
-SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 3
-SHUTDOWN_WATCHDOG, SHUTDOWN_SOFT_RESET = 4, 5
-CDF_HVM, CDF_HAP = 1 << 0, 1 << 1
-DOMINF_DYING, DOMINF_HVM, DOMINF_SHUTDOWN, DOMINF_PAUSED = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-DOMINF_BLOCKED, DOMINF_RUNNING, DOMINF_HAP = 1 << 4, 1 << 5, 1 << 8
-PHYSCAP_HVM, PHYSCAP_PV, PHYSCAP_HAP, PHYSCAP_GNTTAB_V1, PHYSCAP_GNTTAB_V2 = 1, 2, 8, 256, 512
-HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_ACPI_S_STATE = 0, 14
 XEN_VERSION = (4, 17, ".7-emu", "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64")
 CONSOLE_RING_BYTES = 16384
+FEATURESET = (0x1FEBFBFF, 0xF7FA3223, 0x2C100800, 0x00000121, 0x029C6FBF, 0x00000000,
+              0x00000000, 0x00000000, 0x00000000, 0xBC000400)
 VCPU_SHARE = 0.1  # fraction of a physical CPU an online, running vCPU burns
 
 Listener = Callable[["Domain", str], None]
@@ -117,7 +118,11 @@ class Domain:
 
     @property
     def hvm(self) -> bool:
-        return bool(self.flags & CDF_HVM)
+        return bool(self.flags & CreateFlag.HVM)
+
+    @property
+    def hap(self) -> bool:
+        return bool(self.flags & CreateFlag.HAP)
 
     @property
     def running(self) -> bool:
@@ -139,25 +144,6 @@ class Domain:
         if self.running_since is not None:
             extra = (time.monotonic() - self.running_since) * VCPU_SHARE * self.online_vcpus()
         return self.cpu_ns + int(extra * 1e9)
-
-    def info_flags(self) -> int:
-        f = 0
-        if self.dying:
-            f |= DOMINF_DYING
-        if self.hvm:
-            f |= DOMINF_HVM
-        if self.flags & CDF_HAP:
-            f |= DOMINF_HAP
-        if self.shutdown_code is not None:
-            f |= DOMINF_SHUTDOWN | (self.shutdown_code << 16)
-        if self.pause_count:
-            f |= DOMINF_PAUSED
-        elif self.running:
-            f |= DOMINF_RUNNING
-        else:
-            f |= DOMINF_BLOCKED
-        return f
-
 
 def _handle(raw: str) -> bytes:
     try:
@@ -241,26 +227,38 @@ class Host:
         return list(XEN_VERSION)
 
     def physinfo(self) -> dict[str, int]:
+        caps = PhysCap.HVM | PhysCap.PV | PhysCap.HAP | PhysCap.GNTTAB_V1 | PhysCap.GNTTAB_V2
         return {
             "threads_per_core": 1, "cores_per_socket": self.nr_cpus, "nr_cpus": self.nr_cpus,
             "max_cpu_id": self.nr_cpus - 1, "nr_nodes": 1, "max_node_id": 0,
-            "cpu_khz": 2_000_000,
-            "capabilities": PHYSCAP_HVM | PHYSCAP_PV | PHYSCAP_HAP | PHYSCAP_GNTTAB_V1
-            | PHYSCAP_GNTTAB_V2,
-            "arch_capabilities": 0, "total_pages": self.total_pages,
+            "cpu_khz": 2_000_000, "capabilities": int(caps), "total_pages": self.total_pages,
             "free_pages": self.free_pages(), "scrub_pages": 0,
             "outstanding_pages": sum(d.claim for d in self.domains.values()),
             "max_mfn": self.total_pages - 1,
         }
 
     def sched_id(self) -> int:
-        return 5  # credit
+        return int(Scheduler.CREDIT)
 
-    def get_max_cpus(self) -> int:
-        return self.nr_cpus
+    def cputopoinfo(self) -> list[list[int]]:
+        """(core, socket, node) of each CPU: one socket, one node."""
+        return [[cpu, 0, 0] for cpu in range(self.nr_cpus)]
 
-    def readconsolering(self, clear: bool = False, size: int = 65536) -> str:
-        text = "".join(self.console)[-size:] if size else ""
+    def numainfo(self) -> list[list[Any]]:
+        """(memsize, memfree, distances) of each node, in bytes."""
+        return [[self.total_pages * PAGE_SIZE, self.free_pages() * PAGE_SIZE, [10]]]
+
+    def get_cpu_featureset(self, which: int) -> list[int]:
+        """A fixed x86 featureset (leaf words as Xen numbers them); PV sees less than HVM."""
+        if not 0 <= which <= 5:
+            raise HypercallError(errno.EINVAL, "xc_get_cpu_featureset", f"featureset {which}")
+        words = list(FEATURESET)
+        if which in (2, 4):  # PV, PV_MAX: no VMX/SVM and no nested paging bits
+            words[1] &= ~(1 << 5)
+        return words
+
+    def readconsolering(self, clear: bool = False) -> str:
+        text = "".join(self.console)
         if clear:
             self.console.clear()
             self._console_bytes = 0
@@ -335,7 +333,7 @@ class Host:
     def domain_shutdown(self, domid: int, reason: int) -> None:
         """From the toolstack, or from the guest itself (SCHEDOP_shutdown)."""
         dom = self.guest_dom(domid, "xc_domain_shutdown")
-        if not 0 <= reason <= SHUTDOWN_SOFT_RESET:
+        if reason not in {int(r) for r in ShutdownReason}:
             raise HypercallError(errno.EINVAL, "xc_domain_shutdown", f"reason {reason}")
         if dom.shutdown_code is not None or dom.dying:
             return
@@ -349,7 +347,7 @@ class Host:
 
     def domain_soft_reset(self, domid: int) -> None:
         dom = self.guest_dom(domid, "xc_domain_soft_reset")
-        if dom.shutdown_code != SHUTDOWN_SOFT_RESET:
+        if dom.shutdown_code != ShutdownReason.SOFT_RESET:
             raise HypercallError(errno.EINVAL, "xc_domain_soft_reset", "not in soft reset")
         dom.shutdown_code = None
         dom.ports.clear()
@@ -359,19 +357,25 @@ class Host:
 
     def domain_resume(self, domid: int, fast: bool = True) -> None:
         dom = self.guest_dom(domid, "xc_domain_resume")
-        if dom.shutdown_code != SHUTDOWN_SUSPEND:
+        if dom.shutdown_code != ShutdownReason.SUSPEND:
             raise HypercallError(errno.EINVAL, "xc_domain_resume", "domain is not suspended")
         dom.shutdown_code = None
         self._set_running(dom)
         self._changed(dom, "resumed")
 
     def info(self, dom: Domain) -> dict[str, Any]:
+        """The fields of the interface's DomainInfo (flags already decoded)."""
+        shut = dom.shutdown_code is not None
         return {
-            "domid": dom.domid, "flags": dom.info_flags(), "tot_pages": dom.tot_pages,
-            "max_pages": dom.max_pages, "outstanding_pages": dom.claim, "shr_pages": 0,
-            "paged_pages": 0, "shared_info_frame": 0, "cpu_time": dom.cpu_time(),
+            "domid": dom.domid, "handle": dom.handle.hex(), "dying": dom.dying,
+            "hvm": dom.hvm, "shutdown": shut, "paused": dom.pause_count > 0,
+            "blocked": not dom.running and dom.pause_count == 0, "running": dom.running,
+            "hap": dom.hap, "shutdown_code": dom.shutdown_code if shut else 0,
+            "tot_pages": dom.tot_pages, "max_pages": dom.max_pages,
+            "outstanding_pages": dom.claim, "shr_pages": 0, "paged_pages": 0,
+            "shared_info_frame": 0, "cpu_time_ns": dom.cpu_time(),
             "nr_online_vcpus": dom.online_vcpus(), "max_vcpu_id": dom.max_vcpus - 1,
-            "ssidref": dom.ssidref, "cpupool": 0, "handle": dom.handle.hex(),
+            "ssidref": dom.ssidref, "cpupool": 0,
         }
 
     def domain_getinfolist(self, first: int = 0, max_domains: int = 1024) -> list[dict[str, Any]]:
@@ -429,21 +433,30 @@ class Host:
                 dom.running_since = time.monotonic()
             dom.vcpus[vcpu].online = online
 
-    def sched_credit_domain_get(self, domid: int) -> list[int]:
+    def sched_credit_get(self, domid: int) -> list[int]:
         return list(self.dom(domid, "xc_sched_credit_domain_get").sched)
 
-    def sched_credit_domain_set(self, domid: int, weight: int, cap: int) -> None:
+    def sched_credit_set(self, domid: int, weight: int, cap: int) -> None:
         if not (1 <= weight <= 65535 and 0 <= cap <= 65535):
             raise HypercallError(errno.EINVAL, "xc_sched_credit_domain_set", "weight or cap")
         self.dom(domid, "xc_sched_credit_domain_set").sched = (weight, cap)
 
+    def sched_credit2_get(self, domid: int) -> list[int]:
+        """The host runs credit, as Xen does, so credit2's calls fail the same way."""
+        self.dom(domid, "xc_sched_credit2_domain_get")
+        raise HypercallError(errno.EINVAL, "xc_sched_credit2_domain_get", "not the scheduler")
+
+    def sched_credit2_set(self, domid: int, weight: int, cap: int) -> None:
+        self.dom(domid, "xc_sched_credit2_domain_set")
+        raise HypercallError(errno.EINVAL, "xc_sched_credit2_domain_set", "not the scheduler")
+
     # ---- memory -----------------------------------------------------------
 
-    def domain_setmaxmem(self, domid: int, max_memkb: int) -> None:
-        self.dom(domid, "xc_domain_setmaxmem").max_pages = max_memkb // 4
+    def domain_setmaxmem(self, domid: int, max_kib: int) -> None:
+        self.dom(domid, "xc_domain_setmaxmem").max_pages = max_kib // 4
 
-    def domain_set_memmap_limit(self, domid: int, map_limitkb: int) -> None:
-        self.dom(domid, "xc_domain_set_memmap_limit").memmap_limit_kib = map_limitkb
+    def domain_set_memmap_limit(self, domid: int, limit_kib: int) -> None:
+        self.dom(domid, "xc_domain_set_memmap_limit").memmap_limit_kib = limit_kib
 
     def domain_claim_pages(self, domid: int, nr_pages: int) -> None:
         dom = self.guest_dom(domid, "xc_domain_claim_pages")
@@ -457,7 +470,7 @@ class Host:
         return dom.memory
 
     def domain_populate_physmap_exact(self, domid: int, pfns: list[int],
-                                      extent_order: int = 0, mem_flags: int = 0) -> None:
+                                      extent_order: int = 0) -> None:
         call = "xc_domain_populate_physmap_exact"
         dom = self.guest_dom(domid, call)
         frames = [p + i for p in pfns for i in range(1 << extent_order)]
@@ -519,9 +532,9 @@ class Host:
     def shadow_allocation_get(self, domid: int) -> int:
         return self.dom(domid, "xc_shadow_control").shadow_mb
 
-    def shadow_allocation_set(self, domid: int, mb: int) -> int:
-        self.dom(domid, "xc_shadow_control").shadow_mb = mb
-        return mb
+    def shadow_allocation_set(self, domid: int, mib: int) -> int:
+        self.dom(domid, "xc_shadow_control").shadow_mb = mib
+        return mib
 
     def logdirty_enable(self, domid: int, enable: bool = True) -> None:
         dom = self.guest_dom(domid, "xc_shadow_control")
@@ -568,19 +581,19 @@ class Host:
 
     # ---- PCI and I/O permissions (bookkeeping only: there are no devices) --
 
-    def assign_device(self, domid: int, machine_sbdf: int, flag: int = 0) -> None:
-        if any(machine_sbdf in d.assigned for d in self.domains.values()):
+    def assign_device(self, domid: int, sbdf: int) -> None:
+        if any(sbdf in d.assigned for d in self.domains.values()):
             raise HypercallError(errno.EBUSY, "xc_assign_device", "already assigned")
-        self.guest_dom(domid, "xc_assign_device").assigned.add(machine_sbdf)
+        self.guest_dom(domid, "xc_assign_device").assigned.add(sbdf)
 
-    def deassign_device(self, domid: int, machine_sbdf: int) -> None:
+    def deassign_device(self, domid: int, sbdf: int) -> None:
         dom = self.guest_dom(domid, "xc_deassign_device")
-        if machine_sbdf not in dom.assigned:
+        if sbdf not in dom.assigned:
             raise HypercallError(errno.EINVAL, "xc_deassign_device", "not assigned here")
-        dom.assigned.discard(machine_sbdf)
+        dom.assigned.discard(sbdf)
 
-    def test_assign_device(self, domid: int, machine_sbdf: int) -> bool:
-        return not any(machine_sbdf in d.assigned for d in self.domains.values())
+    def test_assign_device(self, domid: int, sbdf: int) -> bool:
+        return not any(sbdf in d.assigned for d in self.domains.values())
 
     def domain_irq_permission(self, domid: int, pirq: int, allow: bool) -> None:
         self.guest_dom(domid, "xc_domain_irq_permission")
@@ -605,7 +618,7 @@ class Host:
         """The guest kernel panics (a fault injected for tests)."""
         self.guest_dom(domid, "crash")
         self.log(f"domain {domid} crashed")
-        self.domain_shutdown(domid, SHUTDOWN_CRASH)
+        self.domain_shutdown(domid, ShutdownReason.CRASH)
 
     def peek(self, domid: int, pfn: int, offset: int = 0, length: int = 16) -> str:
         """Bytes of guest memory as the emulator sees them (for tests and the CLI)."""

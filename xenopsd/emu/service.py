@@ -47,11 +47,13 @@ RECV_CHUNK = 65536
 # Operations that are hypercalls (subject to injected failures), and the
 # libxc function each one stands for where the name is not just xc_<op>.
 HYPERCALLS = (
-    "version", "physinfo", "sched_id", "get_max_cpus", "readconsolering", "send_debug_keys",
+    "version", "physinfo", "sched_id", "cputopoinfo", "numainfo", "get_cpu_featureset",
+    "readconsolering", "send_debug_keys",
     "domain_create", "domain_destroy", "domain_pause", "domain_unpause", "domain_shutdown",
     "domain_sethandle", "domain_soft_reset", "domain_resume", "domain_getinfolist",
     "domain_getinfo", "domain_max_vcpus", "vcpu_setaffinity", "vcpu_getaffinity",
-    "vcpu_getinfo", "sched_credit_domain_get", "sched_credit_domain_set", "domain_setmaxmem",
+    "vcpu_getinfo", "sched_credit_get", "sched_credit_set", "sched_credit2_get",
+    "sched_credit2_set", "domain_setmaxmem",
     "domain_set_memmap_limit", "domain_claim_pages", "domain_populate_physmap_exact",
     "get_tot_pages", "domain_build", "shadow_allocation_get", "shadow_allocation_set",
     "logdirty_enable", "logdirty_clean", "hvm_param_get", "hvm_param_set",
@@ -66,6 +68,10 @@ C_NAMES = {
     "logdirty_enable": "xc_shadow_control",
     "logdirty_clean": "xc_logdirty_control",
     "domain_build": "xenguest",
+    "sched_credit_get": "xc_sched_credit_domain_get",
+    "sched_credit_set": "xc_sched_credit_domain_set",
+    "sched_credit2_get": "xc_sched_credit2_domain_get",
+    "sched_credit2_set": "xc_sched_credit2_domain_set",
     "map_memory": "xenforeignmemory_map",
 }
 

@@ -19,6 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenopsd.backends.xc.hypervisor import (
+    EMULATION_HVM,
+    CreateFlag,
+    DomainConfig,
+    EmulationFlag,
+)
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import CONTROL_SOCKET, XENSTORED_SOCKET
 from xenopsd.xenstore.client import Client
@@ -27,7 +33,6 @@ START_TIMEOUT = 30.0
 GUEST_WRITABLE = ("device", "device/vbd", "device/vif", "device/9pfs", "feature", "error",
                   "drivers", "control", "attr", "xenserver/attr", "data", "messages",
                   "vm-data", "hvmloader", "rrd")
-CDF_HVM, CDF_HAP = 1, 2
 
 
 @dataclass
@@ -117,8 +122,10 @@ def create_domain(hv: EmuHypervisor, xs: Client, *, hvm: bool = False, memory_mi
                   vcpus: int = 2, name: str = "guest") -> Guest:
     """VM_create and VM_build (spec §16.2): a paused, built, introduced domain."""
     vm = str(uuid.uuid4())
-    domid = hv.domain_create(handle=uuid.UUID(vm).bytes, max_vcpus=vcpus,
-                             flags=(CDF_HVM | CDF_HAP) if hvm else 0)
+    flags = CreateFlag.HVM | CreateFlag.HAP if hvm else CreateFlag.PV
+    domid = hv.domain_create(DomainConfig(handle=uuid.UUID(vm), flags=flags, max_vcpus=vcpus,
+                                          emulation_flags=EMULATION_HVM if hvm
+                                          else EmulationFlag.NONE))
     g = Guest(domid, vm)
     kib = memory_mib * 1024
 
@@ -153,8 +160,8 @@ def create_domain(hv: EmuHypervisor, xs: Client, *, hvm: bool = False, memory_mi
     hv.domain_setmaxmem(domid, kib + 1024)
     store_port = hv.evtchn_alloc_unbound(domid, 0)
     console_port = hv.evtchn_alloc_unbound(domid, 0)
-    store_mfn, console_mfn = hv.domain_build(domid, "hvm" if hvm else "pv", kib, kib,
-                                             store_port, console_port)
+    rings = hv.domain_build(domid, "hvm" if hvm else "pv", kib, kib, store_port, console_port)
+    store_mfn, console_mfn = rings.store_mfn, rings.console_mfn
     for key, value in (("memory/static-max", str(kib)), ("memory/target", str(kib)),
                        ("memory/dynamic-min", str(kib)), ("memory/dynamic-max", str(kib)),
                        ("store/port", str(store_port)), ("store/ring-ref", str(store_mfn)),
