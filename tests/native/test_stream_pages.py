@@ -265,9 +265,12 @@ def test_a_blocked_recv_lets_other_threads_run(
 ) -> None:
     r, w = os.pipe()
     done = threading.Event()
-    t = threading.Thread(
-        target=lambda: (io.recv_pages(r, dst, array("Q", [3, 4])), done.set())
-    )
+
+    def receive() -> None:
+        io.recv_pages(r, dst, array("Q", [3, 4]))
+        done.set()
+
+    t = threading.Thread(target=receive)
     t.start()
     assert not done.wait(0.2)
     os.write(w, src[3 * PAGE_SIZE : 5 * PAGE_SIZE])
