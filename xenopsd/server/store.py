@@ -38,6 +38,26 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[StorePath, str] = {}
+        self._children: dict[StorePath, dict[str, int]] = {}
+        """For each directory, its entries and how many records each holds (so listing is cheap)."""
+
+    def _set(self, path: StorePath, text: str) -> None:
+        """Called with the lock held."""
+        if path not in self._records:
+            for k in range(len(path)):
+                entries = self._children.setdefault(path[:k], {})
+                entries[path[k]] = entries.get(path[k], 0) + 1
+        self._records[path] = text
+
+    def _unset(self, path: StorePath) -> None:
+        """Called with the lock held."""
+        if self._records.pop(path, None) is None:
+            return
+        for k in range(len(path)):
+            entries = self._children[path[:k]]
+            entries[path[k]] -= 1
+            if entries[path[k]] == 0:
+                del entries[path[k]]
 
     def read(self, path: StorePath) -> str | None:
         with self._lock:
@@ -45,18 +65,16 @@ class Store:
 
     def write(self, path: StorePath, text: str) -> None:
         with self._lock:
-            self._records[path] = text
+            self._set(path, text)
 
     def delete(self, path: StorePath) -> None:
         with self._lock:
-            self._records.pop(path, None)
+            self._unset(path)
 
     def children(self, prefix: StorePath) -> list[str]:
         """Names of the records and directories directly under `prefix`, sorted."""
-        n = len(prefix)
         with self._lock:
-            names = {p[n] for p in self._records if len(p) > n and p[:n] == prefix}
-        return sorted(names)
+            return sorted(self._children.get(prefix, ()))
 
     def close(self) -> None:
         pass
@@ -83,7 +101,7 @@ class FileStore(Store):
                     continue
                 with open(full, encoding="utf-8") as f:
                     text = f.read()
-                self._records[tuple(unquote(p) for p in (*rel, name))] = text
+                self._set(tuple(unquote(p) for p in (*rel, name)), text)
 
     def write(self, path: StorePath, text: str) -> None:
         target = self._file(path)
@@ -95,12 +113,12 @@ class FileStore(Store):
             os.fsync(f.fileno())
         with self._lock:
             os.replace(temp, target)
-            self._records[path] = text
+            self._set(path, text)
 
     def delete(self, path: StorePath) -> None:
         target = self._file(path)
         with self._lock:
-            self._records.pop(path, None)
+            self._unset(path)
             try:
                 target.unlink()
             except FileNotFoundError:
