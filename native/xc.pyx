@@ -2,9 +2,12 @@
 """libxenctrl + libxenguest binding: the hypercalls of the `xc` backend.
 
 Every C call that may block runs without the GIL; errno and libxc's last
-error text are captured inside that same GIL-free section, before any other
-libxc call on this thread can overwrite them, and every failure goes through
-`_fail`, the one place that turns a libxc error into `XcError`.
+error text are captured inside that same GIL-free section, right after the
+failing call, and every failure goes through `_fail`, the one place that
+turns a libxc error into `XcError`. errno is per thread and always the
+call's own; libxc keeps its error text per handle, so when two threads fail
+on one handle at the same instant the texts may be swapped (the daemon's one
+handle is shared; the errno is what code should branch on).
 
 Results are plain Python values (ints, bytes, tuples, lists, small
 attribute-only objects) so that the stat hot path costs one hypercall and one
