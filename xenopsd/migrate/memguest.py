@@ -14,11 +14,14 @@ import hashlib
 import mmap
 import os
 import random
+import tempfile
 import threading
 from collections.abc import Sequence
 
 from xenopsd.migrate import libxc
 from xenopsd.migrate.libxc import PAGE_SIZE, DomainType, RecordType
+from xenopsd.migrate.pageio import PageIO
+from xenopsd.migrate.save import save
 
 
 class MemfdGuest:
@@ -160,3 +163,29 @@ def page_digests(mem: mmap.mmap | memoryview | bytes, nr_pfns: int) -> list[byte
         hashlib.blake2b(view[p * PAGE_SIZE : (p + 1) * PAGE_SIZE], digest_size=8).digest()
         for p in range(nr_pfns)
     ]
+
+
+def saved_stream(
+    guest: DomainType,
+    io: PageIO,
+    nr_pfns: int = 256,
+    *,
+    live: bool = False,
+    version: int = 3,
+    workload: float = 0.0,
+) -> bytes:
+    """A complete libxc stream of a fresh guest, held in memory (tests, examples).
+
+    With `workload` (bytes per second) and `live`, later rounds repeat pfns
+    the way a real live migration does.
+    """
+    g = MemfdGuest(nr_pfns, guest)
+    try:
+        if workload:
+            g.start_workload(workload)
+        with tempfile.TemporaryFile() as f:
+            save(f.fileno(), g, io, live=live, version=version)
+            f.seek(0)
+            return f.read()
+    finally:
+        g.close()
