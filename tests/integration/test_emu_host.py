@@ -326,14 +326,26 @@ def test_hard_unplug_of_a_dead_guest(hv: EmuHypervisor, native_xs: Client) -> No
 
 def test_frontend_without_permission_reports_an_error(hv: EmuHypervisor,
                                                       native_xs: Client) -> None:
+    """A toolstack bug (a frontend the guest may read but not write) shows up
+    as the guest's error node, as xenbus_dev_fatal writes it."""
     xs = native_xs
     g = start_domain(hv, xs)
     fe = f"{g.home}/device/vbd/768"
-    be = add_vbd(xs, g, devid=768)
-    xs.set_perms(fe, [("n", 0)])  # a toolstack bug: the guest cannot write its frontend
-    xs.set_perms(f"{fe}/state", [("n", 0)])
+    be = f"/local/domain/0/backend/vbd/{g.domid}/768"
+
+    def body(tx: int) -> None:
+        for path, other, keys in ((fe, be, ("backend", "backend-id")),
+                                  (be, fe, ("frontend", "frontend-id"))):
+            xs.mkdir(path, tx)
+            xs.set_perms(path, [("n", 0), ("r", g.domid)], tx)
+            xs.write(f"{path}/{keys[0]}", other, tx)
+            xs.write(f"{path}/{keys[1]}", "0" if path == fe else str(g.domid), tx)
+            xs.write(f"{path}/state", "1", tx)
+        xs.write(f"{be}/online", "1", tx)
+
+    xs.transaction(body)
     xs.wait_for(f"{g.home}/error/device/vbd/768/error", lambda v: v is not None, WAIT)
-    assert xs.read(f"{be}/state") == b"2"
+    assert xs.read(f"{be}/state") == b"2" and xs.read(f"{fe}/state") == b"1"
     hv.domain_destroy(g.domid)
 
 
