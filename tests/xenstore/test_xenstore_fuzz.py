@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from xenopsd.xenstore.protocol import (
     HEADER_SIZE,
@@ -110,3 +111,92 @@ def test_request_handler_survives_anything(script: list[tuple[int, Packet]]) -> 
     for c in conns:
         store.disconnect(c)
     assert store.connections == []
+
+
+class _Model:
+    """The tree as a dict, for the stateful comparison below."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {"/": b"", "/tool": b"", "/tool/xenstored": b""}
+        self.children: dict[str, list[str]] = {"/": ["tool"], "/tool": ["xenstored"]}
+
+    @staticmethod
+    def parent(path: str) -> str:
+        return path.rsplit("/", 1)[0] or "/"
+
+    def create(self, path: str, value: bytes) -> None:
+        if path in self.values:
+            self.values[path] = value
+            return
+        parent = self.parent(path)
+        self.create(parent, self.values.get(parent, b""))
+        self.children.setdefault(parent, []).append(path.rsplit("/", 1)[1])
+        self.values[path] = value
+
+    def remove(self, path: str) -> None:
+        for name in self.children.pop(path, []):
+            self.remove(path.rstrip("/") + "/" + name if path != "/" else "/" + name)
+        del self.values[path]
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Sequences of dom0 requests against the store and a dict model agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = Store()
+        self.replies: list[Packet] = []
+        self.conn = self.store.connect(lambda p, ev: None if ev else self.replies.append(p))
+        self.model = _Model()
+
+    def request(self, op: Op, payload: bytes, tx: int = 0) -> Packet:
+        self.store.handle(self.conn, Packet(op, 7, tx, payload))
+        return self.replies.pop()
+
+    paths = st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map(
+        lambda parts: "/" + "/".join(parts)
+    )
+
+    @rule(path=paths, value=st.binary(max_size=8))
+    def write(self, path: str, value: bytes) -> None:
+        assert self.request(Op.WRITE, path.encode() + b"\0" + value).payload == b"OK\0"
+        self.model.create(path, value)
+
+    @rule(path=paths)
+    def mkdir(self, path: str) -> None:
+        assert self.request(Op.MKDIR, path.encode() + b"\0").payload == b"OK\0"
+        if path not in self.model.values:
+            self.model.create(path, b"")
+
+    @rule(path=paths)
+    def rm(self, path: str) -> None:
+        reply = self.request(Op.RM, path.encode() + b"\0")
+        if path in self.model.values:
+            assert reply.payload == b"OK\0"
+            self.model.remove(path)
+            self.model.children[self.model.parent(path)].remove(path.rsplit("/", 1)[1])
+        elif self.model.parent(path) in self.model.values:
+            assert reply.payload == b"OK\0"
+        else:
+            assert reply.payload == b"ENOENT\0"
+
+    @rule(path=paths, value=st.binary(max_size=8))
+    def write_in_transaction(self, path: str, value: bytes) -> None:
+        tx = int(self.request(Op.TRANSACTION_START, b"\0").payload.rstrip(b"\0"))
+        assert self.request(Op.WRITE, path.encode() + b"\0" + value, tx).payload == b"OK\0"
+        assert self.request(Op.TRANSACTION_END, b"T\0", tx).payload == b"OK\0"
+        self.model.create(path, value)
+
+    @invariant()
+    def same_tree(self) -> None:
+        self.store.check()
+        assert sorted(self.store.nodes) == sorted(self.model.values)
+        for path, value in self.model.values.items():
+            assert self.request(Op.READ, path.encode() + b"\0").payload == value
+            listing = self.request(Op.DIRECTORY, path.encode() + b"\0").payload
+            expected = b"".join(n.encode() + b"\0" for n in self.model.children.get(path, []))
+            assert listing == expected
+
+
+StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=20, deadline=None)
+test_store_matches_model = StoreMachine.TestCase
