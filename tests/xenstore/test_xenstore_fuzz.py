@@ -78,7 +78,7 @@ def requests(draw: st.DrawFn) -> tuple[int, Packet]:
     return conn, Packet(int(op), draw(st.integers(0, 2**32 - 1)), tx, payload)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(requests(), max_size=40))
 def test_request_handler_survives_anything(script: list[tuple[int, Packet]]) -> None:
     quotas = Quotas(entries=20, watches=3, transactions=2, transaction_nodes=10)
