@@ -3,6 +3,7 @@ no input may crash them, and nothing may grow without bound."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -111,6 +112,13 @@ def test_request_handler_survives_anything(script: list[tuple[int, Packet]]) -> 
     for c in conns:
         store.disconnect(c)
     assert store.connections == []
+
+
+@pytest.mark.slow
+def test_request_handler_survives_anything_long() -> None:
+    inner = test_request_handler_survives_anything.hypothesis.inner_test  # type: ignore[attr-defined]
+    long_run = settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
+    long_run(given(st.lists(requests(), max_size=80))(inner))()
 
 
 class _Model:
