@@ -291,7 +291,7 @@ def test_handshake_and_classic_unplug(hv: EmuHypervisor, xs: Client, device: str
     xs.write(f"{be}/online", "0")
     xs.write(f"{be}/state", "5")
     xs.wait_for(f"{fe}/state", b"6", WAIT)
-    xs.wait_for(f"{be}/hotplug-status", None, WAIT)
+    xs.wait_for(f"{be}/hotplug-status", lambda v: v is None, WAIT)
     xs.wait_for(f"{be}/state", b"6", WAIT)
     assert not xs.exists(hotplug)
     xs.rm(fe)
@@ -320,7 +320,7 @@ def test_hard_unplug_of_a_dead_guest(hv: EmuHypervisor, native_xs: Client) -> No
     xs.write(f"{be}/online", "0")
     xs.rm(fe)
     xs.wait_for(f"{be}/state", b"6", WAIT)
-    xs.wait_for(f"{be}/hotplug-status", None, WAIT)
+    xs.wait_for(f"{be}/hotplug-status", lambda v: v is None, WAIT)
     hv.domain_destroy(g.domid)
 
 

@@ -37,6 +37,7 @@ logger = log.get(__name__)
 
 XEN_VERSION = (4, 17, ".7-emu", "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64")
 CONSOLE_RING_BYTES = 16384
+WORKLOAD_PATTERNS = ("random", "sequential", "hot")
 FEATURESET = (0x1FEBFBFF, 0xF7FA3223, 0x2C100800, 0x00000121, 0x029C6FBF, 0x00000000,
               0x00000000, 0x00000000, 0x00000000, 0xBC000400)
 VCPU_SHARE = 0.1  # fraction of a physical CPU an online, running vCPU burns
@@ -70,9 +71,9 @@ class GuestConfig:
                 ok = isinstance(value, str)
             if not ok:
                 raise HypercallError(errno.EINVAL, "guest_config", f"bad value for {name}")
+            if name == "workload_pattern" and value not in WORKLOAD_PATTERNS:
+                raise HypercallError(errno.EINVAL, "guest_config", f"pattern: {WORKLOAD_PATTERNS}")
             setattr(self, name, type(current)(value))
-        if self.workload_pattern not in ("random", "sequential", "hot"):
-            raise HypercallError(errno.EINVAL, "guest_config", "pattern: random|sequential|hot")
 
 
 @dataclass
