@@ -505,9 +505,15 @@ class QueueServer:
 
     Messages are dispatched concurrently, at most `MAX_CONCURRENT` at once
     (the poll loop waits for a free slot, so the switch holds the backlog,
-    not our memory). A message being processed is remembered until acked, so
-    a redelivery after a reconnect is not run twice; its reply and ack are
-    retried on the next connection rather than lost.
+    not our memory).
+
+    A message is replied to and acked only on the session it came from. A
+    message id names a message only within one life of the switch: after a
+    restart the counter may start again below ids we still hold, so an ack
+    sent late, on a new session, could delete someone else's request. When a
+    session ends, replies still being computed are dropped; the switch still
+    holds those requests, unacked, and hands them out again (spec §1.4 point
+    4: a request may run twice).
     """
 
     def __init__(self, config: Config, dispatcher: Dispatcher, program: str) -> None:
@@ -518,18 +524,17 @@ class QueueServer:
         self.max_payload = config.max_request_bytes
         self.max_transfer = 4 * config.max_request_bytes + MAX_SMALL_REPLY
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
-        self.inflight: set[MessageId] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.replies: AsyncConnection | None = None
         self.polls: AsyncConnection | None = None
-        self.connected = asyncio.Event()
+        self.session = 0  # bumped whenever the connections go
         self.backoff = MIN_BACKOFF
 
     async def run(self) -> None:
         try:
             while True:
                 try:
-                    await self._session()
+                    await self._serve_session()
                 except SwitchError as exc:
                     logger.warning(
                         "message switch unavailable; retrying",
@@ -547,20 +552,20 @@ class QueueServer:
             self._disconnect()
 
     def _disconnect(self) -> None:
-        self.connected.clear()
+        self.session += 1
         for conn in (self.polls, self.replies):
             if conn is not None:
                 conn.close()
         self.polls = self.replies = None
 
-    async def _session(self) -> None:
+    async def _serve_session(self) -> None:
         try:
             self.polls = polls = await AsyncConnection.open(self.path)
             self.replies = replies = await AsyncConnection.open(self.path)
             await polls.call(login(self.token))
             await replies.call(login(self.token))
             await polls.call(persistent(self.queue))
-            self.connected.set()
+            session = self.session
             self.backoff = MIN_BACKOFF
             logger.info("serving the queue", queue=self.queue, switch=self.path)
             cursor: str | None = None
@@ -572,27 +577,23 @@ class QueueServer:
                 )
                 messages, cursor = parse_transfer(body)
                 for m in messages:
-                    if m.id in self.inflight:
-                        continue
                     await self.slots.acquire()
-                    self.inflight.add(m.id)
-                    task = asyncio.create_task(self._process(m))
+                    if session != self.session:
+                        self.slots.release()  # the switch hands the rest out again
+                        raise SwitchError("the reply connection was lost")
+                    task = asyncio.create_task(self._process(m, session))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
         finally:
             self._disconnect()
 
-    async def _process(self, m: Message) -> None:
+    async def _process(self, m: Message, session: int) -> None:
         try:
-            try:
-                reply = await self._answer(m)
-            finally:
-                # Free the slot before delivery: a delivery waits for a new
-                # session, and the session may be waiting for a free slot.
-                self.slots.release()
-            await self._finish(m, reply)
+            reply = await self._answer(m)
         finally:
-            self.inflight.discard(m.id)
+            # Free the slot before delivery, which may wait on the switch.
+            self.slots.release()
+        await self._finish(m, reply, session)
 
     async def _answer(self, m: Message) -> bytes | None:
         if m.reply_to is None:
@@ -605,32 +606,28 @@ class QueueServer:
             return jsonrpc.failure(encode_error(error)).encode()
         return await answer_json(self.dispatcher, payload)
 
-    async def _finish(self, m: Message, reply: bytes | None) -> None:
-        """Reply, then ack: retried on each new connection until the switch takes both."""
-        replied = reply is None
-        while True:
-            await self.connected.wait()
-            conn = self.replies
-            assert conn is not None
-            try:
-                if not replied:
-                    assert m.reply_to is not None and reply is not None
-                    try:
-                        await conn.call(response(m.reply_to, m.id, reply))
-                    except SwitchRefused as exc:
-                        logger.error("the switch refused a reply", id=m.id, error=str(exc))
-                    replied = True
-                await conn.call(ack(m.id))
-                return
-            except SwitchRefused as exc:
-                logger.error("the switch refused an ack", id=m.id, error=str(exc))
-                return
-            except SwitchError as exc:
-                logger.warning("reply connection lost; retrying", id=m.id, error=str(exc))
-                if self.replies is conn:
-                    # The poll connection may look healthy; drop both so the
-                    # session reconnects rather than leave this reply stuck.
-                    self._disconnect()
+    async def _finish(self, m: Message, reply: bytes | None, session: int) -> None:
+        """Reply, then ack, on the message's own session."""
+        conn = self.replies
+        if session != self.session or conn is None:
+            logger.info("session ended before the reply; the switch will redeliver", id=m.id)
+            return
+        try:
+            if reply is not None:
+                assert m.reply_to is not None
+                try:
+                    await conn.call(response(m.reply_to, m.id, reply))
+                except SwitchRefused as exc:
+                    logger.error("the switch refused a reply", id=m.id, error=str(exc))
+            await conn.call(ack(m.id))
+        except SwitchRefused as exc:
+            logger.error("the switch refused an ack", id=m.id, error=str(exc))
+        except SwitchError as exc:
+            logger.warning("reply connection lost", id=m.id, error=str(exc))
+            if session == self.session:
+                # The poll connection may look healthy: end the session so the
+                # switch redelivers what we could not ack.
+                self._disconnect()
 
 
 async def serve(config: Config, dispatcher: Dispatcher, program: str) -> None:
