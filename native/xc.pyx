@@ -430,7 +430,7 @@ cdef class Interface:
 
     def cputopoinfo(self):
         """(core, socket, node) of every CPU number, or None for an absent CPU."""
-        cdef unsigned n = 0, i
+        cdef unsigned n = 0
         cdef int rc
         cdef _Err e
         cdef xc_cputopo_t *topo = NULL
@@ -461,7 +461,7 @@ cdef class Interface:
 
     def numainfo(self):
         """([(memsize, memfree) per node, in bytes], distance matrix node x node)."""
-        cdef unsigned n = 0, i, j
+        cdef unsigned n = 0
         cdef int rc
         cdef _Err e
         cdef xc_interface *h = self._enter()
@@ -496,7 +496,6 @@ cdef class Interface:
         cdef uint32_t n = xc_get_cpu_featureset_size()
         cdef uint32_t *words = <uint32_t *>calloc(n if n else 1, sizeof(uint32_t))
         cdef int rc
-        cdef uint32_t i
         cdef _Err e
         cdef xc_interface *h
         if words == NULL:
@@ -689,7 +688,7 @@ cdef class Interface:
         # Not zeroed: libxc fills the first n entries and only those are read.
         cdef xc_domaininfo_t *buf = <xc_domaininfo_t *>malloc(max_domains *
                                                               sizeof(xc_domaininfo_t))
-        cdef int n, i
+        cdef int n
         cdef _Err e
         if buf == NULL:
             raise MemoryError()

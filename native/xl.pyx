@@ -127,7 +127,6 @@ cdef str _text(const char *s):
 
 
 cdef list _bitmap_to_list(const libxl_bitmap *b):
-    cdef uint32_t i
     if b.map == NULL:
         return []
     return [i for i in range(b.size * 8) if b.map[i >> 3] & (1 << (i & 7))]
@@ -782,7 +781,7 @@ cdef class Context:
         """One dict per vCPU: vcpuid, cpu, online, blocked, running, vcpu_time
         (ns), and the hard and soft affinity as lists of CPU numbers.
         """
-        cdef int n = 0, nr_cpus = 0, i
+        cdef int n = 0, nr_cpus = 0
         cdef libxl_vcpuinfo *lst
         cdef libxl_ctx *c = self._enter()
         with nogil:
@@ -969,7 +968,7 @@ cdef class Context:
 
     def list_domains(self):
         """Every domain, as dicts like `domain_info`'s."""
-        cdef int n = 0, i
+        cdef int n = 0
         cdef libxl_dominfo *lst
         cdef libxl_ctx *c = self._enter()
         with nogil:
