@@ -54,7 +54,7 @@ SHUTDOWN_REASONS = {
 ACK_TO_SHUTDOWN_DELAY = 0.05  # the guest's own shutdown path takes a moment
 WORKLOAD_TICK = 0.02
 BALLOON_CHUNK = 32768  # pages moved per step (128 MiB)
-SPECIAL_PAGES = 2
+RING_PAGES = 2
 MIN_RAM_PAGES = 16
 STAMP = struct.Struct("<QI")
 
@@ -87,7 +87,8 @@ class Guest:
         self.tasks: set[asyncio.Task[None]] = set()
         self.workload: asyncio.Task[None] | None = None
         self.stamp = 0
-        self.ram_top = 0
+        self.ram_top = 0  # RAM frames the guest has (the rings are not RAM)
+        self.ring_base: int | None = None
         self.s3 = False
 
     @property
@@ -104,7 +105,9 @@ class Guest:
     # ---- lifecycle --------------------------------------------------------
 
     def boot(self) -> None:
-        self.ram_top = self.dom.tot_pages - self._special_pages()
+        build = self.dom.build
+        self.ring_base = None if build is None else min(build.store_mfn, build.console_mfn)
+        self.ram_top = self.dom.tot_pages - (0 if build is None else RING_PAGES)
         self.say(f"Linux version 6.1.0-emu (domain {self.domid}) booting")
         if self.dom.hvm and self.pv:
             self.dom.hvm_params[HvmParam.CALLBACK_IRQ] = 1
@@ -298,23 +301,34 @@ class Guest:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _special_pages(self) -> int:
-        """Backed frames outside RAM (the rings at the top of the space)."""
-        mem = self.host.memory_of(self.dom)
-        return mem.log.count_populated(mem.pages - SPECIAL_PAGES, mem.pages)
+    def pfn(self, ram_frame: int) -> int:
+        """The frame number of the guest's `ram_frame`th RAM page (skipping the rings)."""
+        r = self.ring_base
+        return ram_frame if r is None or ram_frame < r else ram_frame + RING_PAGES
+
+    def _runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """RAM pages lo..hi-1 as runs of frame numbers."""
+        r = self.ring_base
+        if r is None:
+            return [(lo, hi)]
+        runs = [(lo, min(hi, r)), (max(lo, r) + RING_PAGES, hi + RING_PAGES)]
+        return [(a, b) for a, b in runs if a < b]
 
     async def _follow_target(self, target_pages: int) -> None:
         mem = self.host.memory_of(self.dom)
-        want = max(MIN_RAM_PAGES, min(target_pages, self.dom.max_pages) - self._special_pages())
-        want = min(want, mem.pages - SPECIAL_PAGES)
+        rings = 0 if self.ring_base is None else RING_PAGES
+        want = max(MIN_RAM_PAGES, min(target_pages, self.dom.max_pages) - rings)
+        want = min(want, mem.pages - rings)
         while self.active and self.ram_top != want:
             if self.ram_top > want:
                 stop = max(want, self.ram_top - BALLOON_CHUNK)
-                mem.depopulate_range(stop, self.ram_top)
+                for a, b in self._runs(stop, self.ram_top):
+                    mem.depopulate_range(a, b)
             else:
                 stop = min(want, self.ram_top + BALLOON_CHUNK)
                 try:
-                    self.host.grow_range(self.dom, self.ram_top, stop, "balloon")
+                    for a, b in self._runs(self.ram_top, stop):
+                        self.host.grow_range(self.dom, a, b, "balloon")
                 except HypercallError:
                     self.say("balloon: cannot reach target, the hypervisor refused memory")
                     return
@@ -351,13 +365,13 @@ class Guest:
                 hot = max(1, min(top, self.dom.guest.workload_hot_pages))
                 for _ in range(count):
                     if pattern == "sequential":
-                        pfn, cursor = cursor % top, cursor + 1
+                        page, cursor = cursor % top, cursor + 1
                     elif pattern == "hot":
-                        pfn = rng.randrange(hot)
+                        page = rng.randrange(hot)
                     else:
-                        pfn = rng.randrange(top)
+                        page = rng.randrange(top)
                     self.stamp += 1
-                    mem.write(pfn, 0, STAMP.pack(self.stamp, self.domid))
+                    mem.write(self.pfn(page), 0, STAMP.pack(self.stamp, self.domid))
         finally:
             self.workload = None
 

@@ -518,12 +518,10 @@ class Host:
             raise HypercallError(errno.EINVAL, call, "bad memory sizes")
         if {store_port, console_port} - dom.ports:
             raise HypercallError(errno.EINVAL, call, "event channels not allocated")
-        # RAM is frames 0..start-3; the two rings sit at the top of the
-        # guest's space, where xenguest puts HVM special pages below 4 GiB.
-        store_mfn, console_mfn = self.space_pages - 1, self.space_pages - 2
-        self.grow_range(dom, 0, start - 2, call)
-        self.grow(dom, [console_mfn, store_mfn], call)
-        dom.build = Build(kind, store_port, console_port, store_mfn, console_mfn)
+        # The rings take the last two boot frames, so the p2m stays as small
+        # as the guest (a save sends every frame below the highest one).
+        self.grow_range(dom, 0, start, call)
+        dom.build = Build(kind, store_port, console_port, start - 1, start - 2)
         self.log(f"domain {domid} built: {kind}, {start * PAGE_SIZE >> 20} MiB")
         self._changed(dom, "built")
         return [dom.build.store_mfn, dom.build.console_mfn]
