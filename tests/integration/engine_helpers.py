@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from xenopsd.api import marshal
@@ -92,3 +95,41 @@ def success(client: Client, task_id: str) -> Task:
 
 def failure(client: Client, task_id: str) -> XenopsError:
     return error_of(wait_task(client, task_id))
+
+
+def run_all(
+    client_factory: Callable[[], Client], calls: list[tuple[str, dict[str, Any]]], threads: int = 8
+) -> list[Any]:
+    """Issue many calls from a few client threads, as a busy toolstack would."""
+    local = threading.local()
+
+    def one(call: tuple[str, dict[str, Any]]) -> Any:
+        if not hasattr(local, "client"):
+            local.client = client_factory()
+        return local.client.call(call[0], **call[1])
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, calls))
+
+
+def wait_all(client: Client, task_ids: list[Any]) -> None:
+    """Long-poll the update stream until every task has finished, then check and destroy them."""
+    pending = set(task_ids)
+    last = client.call("UPDATES.last_id")
+    for t in list(pending):
+        if not isinstance(client.call("Task.stat", id=t).state, Pending):
+            pending.discard(t)
+    while pending:
+        _, ids, last = client.call("UPDATES.get", last_id=last, timeout=30)
+        assert ids, f"no progress with {len(pending)} tasks pending"
+        for x in ids:
+            if (
+                isinstance(x, TaskUpdate)
+                and x.id in pending
+                and not isinstance(client.call("Task.stat", id=x.id).state, Pending)
+            ):
+                pending.discard(x.id)
+    for t in task_ids:
+        state = client.call("Task.stat", id=t).state
+        assert isinstance(state, Completed), (t, state)
+        client.call("Task.destroy", id=t)

@@ -7,22 +7,19 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.daemon import Daemon, running_daemon
-from tests.integration.engine_helpers import make_vm
+from tests.integration.engine_helpers import make_vm, run_all, wait_all
 from xenopsd.api import marshal
 from xenopsd.api.methods import METHODS
-from xenopsd.api.task import Completed, Pending
-from xenopsd.api.updates import DynamicId, TaskUpdate, VmUpdate
+from xenopsd.api.updates import DynamicId, VmUpdate
 from xenopsd.api.vm import PowerState
 from xenopsd.rpc import jsonrpc
-from xenopsd.rpc.client import Client, encode_args
+from xenopsd.rpc.client import encode_args
 from xenopsd.rpc.framing import HEADER, frame, parse_length
 
 
@@ -46,53 +43,18 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def run_all(client_factory: object, calls: list[tuple[str, dict[str, object]]]) -> list[object]:
-    local = threading.local()
-
-    def one(call: tuple[str, dict[str, object]]) -> object:
-        if not hasattr(local, "client"):
-            local.client = client_factory()  # type: ignore[operator]
-        return local.client.call(call[0], **call[1])
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(one, calls))
-
-
-def wait_all(client: Client, task_ids: list[str]) -> None:
-    """Long-poll the update stream until every task has finished, then check and destroy them."""
-    pending = set(task_ids)
-    last = client.call("UPDATES.last_id")
-    for t in list(pending):
-        if not isinstance(client.call("Task.stat", id=t).state, Pending):
-            pending.discard(t)
-    while pending:
-        _, ids, last = client.call("UPDATES.get", last_id=last, timeout=30)
-        assert ids, f"no progress with {len(pending)} tasks pending"
-        for x in ids:
-            if (
-                isinstance(x, TaskUpdate)
-                and x.id in pending
-                and not isinstance(client.call("Task.stat", id=x.id).state, Pending)
-            ):
-                pending.discard(x.id)
-    for t in task_ids:
-        state = client.call("Task.stat", id=t).state
-        assert isinstance(state, Completed), (t, state)
-        client.call("Task.destroy", id=t)
-
-
 def test_parallel_start_shutdown_1001(big_daemon: Daemon) -> None:
     client = big_daemon.json()
     ids = [str(i) for i in range(1001)]  # upstream's test uses "0".."1000"
     run_all(big_daemon.json, [("VM.add", {"vm": make_vm(i)}) for i in ids])
     starts = run_all(big_daemon.json, [("VM.start", {"id": i, "paused": False}) for i in ids])
-    wait_all(client, starts)  # type: ignore[arg-type]
+    wait_all(client, starts)
     states = {vm.id: s.power_state for vm, s in client.call("VM.list", unit=None)}
     assert all(states[i] is PowerState.Running for i in ids)
     domids = {s.domids[0] for _, s in client.call("VM.list", unit=None)}
     assert len(domids) == 1001
     stops = run_all(big_daemon.json, [("VM.shutdown", {"id": i, "delay": None}) for i in ids])
-    wait_all(client, stops)  # type: ignore[arg-type]
+    wait_all(client, stops)
     states = {vm.id: s.power_state for vm, s in client.call("VM.list", unit=None)}
     assert all(states[i] is PowerState.Halted for i in ids)
     run_all(big_daemon.json, [("VM.remove", {"id": i}) for i in ids])
@@ -163,11 +125,11 @@ def test_1000_long_polling_clients(big_daemon: Daemon) -> None:
             starts = run_all(
                 big_daemon.json, [("VM.start", {"id": i, "paused": False}) for i in ids]
             )
-            wait_all(control, starts)  # type: ignore[arg-type]
+            wait_all(control, starts)
             stops = run_all(
                 big_daemon.json, [("VM.shutdown", {"id": i, "delay": None}) for i in ids]
             )
-            wait_all(control, stops)  # type: ignore[arg-type]
+            wait_all(control, stops)
             control.call("UPDATES.inject_barrier", vm_id=ids[0], id=SENTINEL)
 
         peak = 0
