@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,48 @@ class GuestMapping:
     def close(self) -> None:
         self.memory.close()
         self.log.mm.close()
+
+
+class DomainMemory:
+    """`xenopsd.migrate.save.GuestMemory` over an emulated domain: what the
+    pre-copy loop needs (its memory, log-dirty, a suspend), with the dirty
+    log read and cleared by the emulated hypervisor.
+
+    `suspend` must stop the guest and return once it no longer writes
+    (e.g. `testing.suspend_guest`, or the xc backend's own suspend).
+    """
+
+    def __init__(self, hv: EmuHypervisor, domid: int, suspend: Callable[[], None]) -> None:
+        self.hv = hv
+        self.domid = domid
+        self.map = hv.map_memory(domid)
+        self._suspend = suspend
+        self._nr = self.map.log.top_populated()
+
+    @property
+    def nr_pfns(self) -> int:
+        return self._nr
+
+    def mapping(self) -> mmap.mmap:
+        return self.map.memory
+
+    def enable_logdirty(self) -> None:
+        self.hv.logdirty_enable(self.domid, True)
+
+    def disable_logdirty(self) -> None:
+        self.hv.logdirty_enable(self.domid, False)
+
+    def read_and_clear_dirty(self) -> bytes:
+        """A copy: the pre-copy loop keeps one round's bitmap across the next
+        clean, and the slot it came from is zeroed by the clean after."""
+        slot, _ = self.hv.logdirty_clean(self.domid)
+        return bytes(self.map.slot_view(slot)[: (self._nr + 7) // 8])
+
+    def suspend(self) -> None:
+        self._suspend()
+
+    def close(self) -> None:
+        self.map.close()
 
 
 class EmuHypervisor(Hypervisor):

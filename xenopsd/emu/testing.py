@@ -24,6 +24,7 @@ from xenopsd.backends.xc.hypervisor import (
     CreateFlag,
     DomainConfig,
     EmulationFlag,
+    ShutdownReason,
 )
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import CONTROL_SOCKET, XENSTORED_SOCKET
@@ -239,6 +240,19 @@ def add_vif(xs: Client, g: Guest, devid: int = 0, mac: str = "00:16:3e:00:00:01"
 
     xs.transaction(body)
     return be
+
+
+def suspend_guest(hv: EmuHypervisor, xs: Client, g: Guest, timeout: float = 30.0) -> None:
+    """Ask the guest to suspend (spec §16.6) and wait until Xen says it did."""
+    xs.write(f"{g.home}/control/shutdown", "suspend")
+    xs.wait_for(f"{g.home}/control/shutdown", b"", timeout)
+    deadline = time.monotonic() + timeout
+    while not hv.domain_getinfo(g.domid).shutdown:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"domain {g.domid} acknowledged but did not suspend")
+        time.sleep(0.005)
+    if hv.domain_getinfo(g.domid).shutdown_code != ShutdownReason.SUSPEND:
+        raise RuntimeError(f"domain {g.domid} shut down, but not for suspend")
 
 
 def xenstore_env(emu: EmulatorProcess) -> dict[str, str]:
