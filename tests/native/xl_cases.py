@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import threading
+from pathlib import Path
 from typing import Any
 
 from xenopsd.native import xl
@@ -76,7 +77,8 @@ def wait_pending(n: int, worker: threading.Thread | None = None) -> None:
 
 
 def with_event_thread(ctx: Any) -> threading.Thread:
-    t = threading.Thread(target=ctx.run_events, name="libxl-events")
+    # daemon: a failing case must end its process, not wait for a loop never closed
+    t = threading.Thread(target=ctx.run_events, name="libxl-events", daemon=True)
     t.start()
     return t
 
@@ -401,5 +403,30 @@ def case_vcpus_sched_host() -> None:
     assert not phys["cap_shadow"]
     v = ctx.version_info()
     assert (v["major"], v["minor"], v["extra"]) == (4, 17, ".7-mock")
+    ctx.close()
+    t.join(30)
+
+
+def case_python_children_are_not_reaped_by_libxl() -> None:
+    """libxl owns SIGCHLD but must reap only its own children (selective reap).
+
+    A child of ours becomes a zombie while libxl's event loop runs (libxl's
+    SIGCHLD handler wakes it); it must still be there for our waitpid.
+    """
+    ctx, _ = context()
+    t = with_event_thread(ctx)
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            while stat.read_text().split(")")[-1].split()[0] != "Z":
+                threading.Event().wait(0.001)
+        except FileNotFoundError:
+            raise AssertionError("libxl reaped a child that was not its own") from None
+        threading.Event().wait(0.2)  # libxl's loop has had its chance to reap
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 7
     ctx.close()
     t.join(30)
