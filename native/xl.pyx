@@ -288,6 +288,8 @@ cdef class Operation:
 
     def abort(self):
         """Ask libxl to stop; False if the operation had already finished."""
+        if self.owner is None:
+            raise TypeError("only operations started by a Context can be aborted")
         cdef libxl_ctx *c = self.owner._enter()
         cdef int rc
         with nogil:
@@ -300,6 +302,8 @@ cdef class Operation:
         return True
 
     def result(self, timeout=None):
+        if self.future is None:
+            raise TypeError("only operations started by a Context have a result")
         return self.future.result(timeout)
 
 
@@ -316,6 +320,8 @@ cdef class DomainConfig:
         libxl_domain_config_dispose(&self.c)
 
     def to_json(self):
+        if self.owner is None:
+            raise TypeError("a DomainConfig comes from Context.domain_config")
         cdef libxl_ctx *c = self.owner._enter()
         cdef char *s
         with nogil:
@@ -590,7 +596,7 @@ cdef class Context:
 
     # ---- domain lifecycle --------------------------------------------------
 
-    def domain_create_new(self, DomainConfig config, *, bint asynchronous=False):
+    def domain_create_new(self, DomainConfig config not None, *, bint asynchronous=False):
         """Create, build and start the devices of a domain; it is left paused.
 
         Returns the domid (or an Operation whose future gives it).
@@ -611,7 +617,7 @@ cdef class Context:
         self._leave()
         return self._done(op, rc, "libxl_domain_create_new", domid)
 
-    def domain_create_restore(self, DomainConfig config, int restore_fd, *,
+    def domain_create_restore(self, DomainConfig config not None, int restore_fd, *,
                               int stream_version=2, bint checkpointed=False,
                               bint asynchronous=False):
         """Create a domain from a libxl save image read from `restore_fd`."""

@@ -36,3 +36,14 @@ def test_error_names_come_from_libxl() -> None:
 @pytest.mark.parametrize("case", cases("xl_cases"))
 def test_xl_against_mock(case: str, mock_libs: dict[str, Path]) -> None:
     run_case(mock_libs["mock_xl"], "tests.native.xl_cases", case)
+
+
+def test_objects_not_made_by_a_context_fail_cleanly() -> None:
+    """Directly constructed helper objects must raise, never touch a NULL libxl ctx."""
+    with pytest.raises(TypeError):
+        xl.DomainConfig().to_json()
+    with pytest.raises(TypeError):
+        xl.Operation().abort()
+    with pytest.raises(TypeError):
+        xl.Operation().result()
+    xl.DeathWatch().disable()

@@ -430,3 +430,9 @@ def case_python_children_are_not_reaped_by_libxl() -> None:
         assert os.waitstatus_to_exitcode(status) == 7
     ctx.close()
     t.join(30)
+
+
+def case_none_config_is_a_type_error() -> None:
+    ctx, _ = context()
+    expect(TypeError, ctx.domain_create_new, None)
+    expect(TypeError, ctx.domain_create_restore, None, 0)
