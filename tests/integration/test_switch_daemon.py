@@ -174,6 +174,7 @@ def test_daemon_killed_with_a_request_outstanding_leaves_it_to_the_next(tmp_path
         first = start_switch_daemon(tmp_path / "d1", sw.socket)
         c = _client(sw)
         dead_id = c.call("query").instance_id
+        eventually(lambda: _pending(sw, QUEUE) == [], "the first request to be acked")
         first.proc.send_signal(signal.SIGSTOP)
         answers: list[Any] = []
         caller = threading.Thread(target=lambda: answers.append(c.call("query")))
