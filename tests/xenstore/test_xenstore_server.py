@@ -410,6 +410,20 @@ def test_concurrent_transactions_lose_no_update(connect: Connect, base: str) -> 
     assert shared.read(f"{base}/n") == b"200"
 
 
+def test_many_clients_at_once(kind: str, connect: Connect, xs: Client, base: str) -> None:
+    # pyxs's router select()s, which cannot see descriptors past 1023, and
+    # each pyxs client holds three: 300 of them is its practical limit.
+    count = 500 if kind == "native" else 300
+    clients = [connect() for _ in range(count)]
+    for i, c in enumerate(clients):
+        c.write(f"{base}/{i}", str(i).encode())
+    for i, c in enumerate(clients):
+        other = (i + 1) % count
+        assert c.read(f"{base}/{other}") == str(other).encode()
+    report = dict(line.split() for line in xs.control("memreport").decode().splitlines())
+    assert int(report["connections"]) >= count + 1
+
+
 # ---- cancellable waits -------------------------------------------------------
 
 
