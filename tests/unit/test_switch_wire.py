@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from xenopsd.rpc import switch
-from xenopsd.rpc.client import TransportError
+from xenopsd.rpc.client import Client, TransportError
 
 
 def test_every_operation_is_the_spec_request() -> None:
@@ -99,3 +100,14 @@ def test_switch_errors_are_transport_errors() -> None:
 def test_token_is_program_and_pid() -> None:
     program, pid = switch.whoami("xenopsd-simulator").split(":")
     assert program == "xenopsd-simulator" and int(pid) > 0
+
+
+def test_a_missing_switch_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(switch, "CONNECT_GIVE_UP", 0.3)
+    missing = str(tmp_path / "no-switch")
+    for timeout in (0.3, None):
+        c = Client.switch(missing, "org.xen.xapi.xenops.classic", timeout=timeout)
+        with pytest.raises(TransportError, match="cannot use the message switch"):
+            c.call("query")
