@@ -87,6 +87,8 @@ def test_release_disconnects_the_domain_and_revokes_special_entries() -> None:
     guest(Op.WATCH, b"/tool", b"t")
     dom0(Op.RELEASE, b"8")
     assert guest.conn.closed and guest.conn not in store.connections
+    store.handle(guest.conn, Packet(Op.WRITE, 1, 0, b"/tool/x\0"))  # ignored, unanswered
+    assert guest.replies == [] and "/tool/x" not in store.nodes
     assert store.special["@releaseDomain"] == (("n", 0),)
     assert error_of(dom0, Op.RELEASE, b"8") == errno.ENOENT
 

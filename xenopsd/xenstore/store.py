@@ -227,12 +227,14 @@ class Store:
 
     def handle(self, conn: Connection, request: Packet) -> None:
         """Answer one request, then deliver the watch events it caused."""
+        if conn.closed:
+            return  # a released domain's connection: nothing it says counts any more
         try:
             payload = self._dispatch(conn, request)
             answer = reply(request, payload)
         except XsError as exc:
             answer = error_reply(request, exc.errno)
-        if not conn.closed:
+        if not conn.closed:  # RELEASE of its own domain closes it
             conn.sink(answer, False)
         self._flush()
 
