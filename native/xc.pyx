@@ -171,10 +171,11 @@ cdef object _cpumap_to_list(const uint8_t *m, int size):
 
 
 cdef int _cpumap_from(object cpus, uint8_t *m, int size) except -1:
+    """Set the bits of `cpus` (CPU or node numbers) in a zeroed map of `size` bytes."""
     cdef int c
     for c in cpus:
         if c < 0 or c >= size * 8:
-            raise ValueError(f"CPU {c} is outside this host's CPU map (0..{size * 8 - 1})")
+            raise ValueError(f"{c} is outside this host's map (0..{size * 8 - 1})")
         m[c >> 3] |= <uint8_t>(1 << (c & 7))
     return 0
 
@@ -783,6 +784,34 @@ cdef class Interface:
             free(mh)
             free(ms)
 
+    def domain_node_setaffinity(self, uint32_t domid, nodes):
+        """Restrict where Xen allocates the domain's memory to these NUMA nodes."""
+        cdef int rc, size
+        cdef _Err e
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            size = xc_get_nodemap_size(h)
+            if size <= 0:
+                _capture(h, &e)
+        self._leave()
+        if size <= 0:
+            _fail(&e, "xc_get_nodemap_size")
+        cdef uint8_t *m = <uint8_t *>calloc(size, 1)
+        try:
+            if m == NULL:
+                raise MemoryError()
+            _cpumap_from(nodes, m, size)
+            h = self._enter()
+            with nogil:
+                rc = xc_domain_node_setaffinity(h, domid, m)
+                if rc != 0:
+                    _capture(h, &e)
+            self._leave()
+            if rc != 0:
+                _fail(&e, "xc_domain_node_setaffinity")
+        finally:
+            free(m)
+
     def vcpu_getaffinity(self, uint32_t domid, int vcpu):
         """(hard, soft) affinity of one vCPU, as lists of physical CPU numbers."""
         cdef int rc, size
@@ -1123,6 +1152,46 @@ cdef class Interface:
             _fail(&e, "xc_evtchn_reset")
 
     # ---- PCI passthrough and I/O permissions ------------------------------
+
+    def physdev_map_pirq(self, uint32_t domid, int index, int pirq=-1):
+        """Map machine IRQ `index` to a pirq of `domid` (-1: Xen picks); returns the pirq."""
+        cdef int p = pirq
+        cdef int rc
+        cdef _Err e
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            rc = xc_physdev_map_pirq(h, domid, index, &p)
+            if rc != 0:
+                _capture(h, &e)
+        self._leave()
+        if rc != 0:
+            _fail(&e, "xc_physdev_map_pirq")
+        return p
+
+    def physdev_unmap_pirq(self, uint32_t domid, int pirq):
+        cdef int rc
+        cdef _Err e
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            rc = xc_physdev_unmap_pirq(h, domid, pirq)
+            if rc != 0:
+                _capture(h, &e)
+        self._leave()
+        if rc != 0:
+            _fail(&e, "xc_physdev_unmap_pirq")
+
+    def domain_set_target(self, uint32_t domid, uint32_t target):
+        """Let `domid` (a device-model stub domain) manage `target`."""
+        cdef int rc
+        cdef _Err e
+        cdef xc_interface *h = self._enter()
+        with nogil:
+            rc = xc_domain_set_target(h, domid, target)
+            if rc != 0:
+                _capture(h, &e)
+        self._leave()
+        if rc != 0:
+            _fail(&e, "xc_domain_set_target")
 
     def assign_device(self, uint32_t domid, uint32_t machine_sbdf, uint32_t flag=0):
         cdef int rc

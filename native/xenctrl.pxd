@@ -177,7 +177,16 @@ cdef extern from "xenctrl.h":
     int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom) nogil
     int xc_evtchn_reset(xc_interface *xch, uint32_t dom) nogil
 
+    # NUMA placement
+    ctypedef uint8_t *xc_nodemap_t
+    int xc_get_nodemap_size(xc_interface *xch) nogil
+    int xc_domain_node_setaffinity(xc_interface *xch, uint32_t domid,
+                                   xc_nodemap_t nodemap) nogil
+
     # PCI passthrough and I/O permissions
+    int xc_physdev_map_pirq(xc_interface *xch, uint32_t domid, int index, int *pirq) nogil
+    int xc_physdev_unmap_pirq(xc_interface *xch, uint32_t domid, int pirq) nogil
+    int xc_domain_set_target(xc_interface *xch, uint32_t domid, uint32_t target) nogil
     int xc_assign_device(xc_interface *xch, uint32_t domid, uint32_t machine_sbdf,
                          uint32_t flag) nogil
     int xc_deassign_device(xc_interface *xch, uint32_t domid, uint32_t machine_sbdf) nogil

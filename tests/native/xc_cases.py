@@ -413,3 +413,21 @@ def case_topology_numa_featureset() -> None:
     assert len(hvm_max) > 10 and hvm_max[:2] == [0x6000, 0x6001]  # every word came back
     e = expect(xc.XcError, x.get_cpu_featureset, 99)
     assert e.errno == errno.EINVAL
+
+
+def case_pirq_target_node_affinity() -> None:
+    x, _ = open_()
+    domid = new_domain(x)
+    stubdom = new_domain(x, hvm=False)
+    assert x.physdev_map_pirq(domid, 10) == 16
+    assert x.physdev_map_pirq(domid, 11, 40) == 40  # a requested pirq is kept
+    x.physdev_unmap_pirq(domid, 16)
+    e = expect(xc.XcError, x.physdev_unmap_pirq, domid, 99)
+    assert e.errno == errno.ENOENT and "not mapped" in e.detail
+    expect(xc.XcError, x.physdev_map_pirq, domid, 999)
+    x.domain_set_target(stubdom, domid)
+    assert expect(xc.XcError, x.domain_set_target, stubdom, 77).errno == errno.ESRCH
+    x.domain_node_setaffinity(domid, [1])
+    assert MOCK.mock_xc_node_affinity(domid) == 0b10
+    expect(ValueError, x.domain_node_setaffinity, domid, [8])
+    assert expect(xc.XcError, x.domain_node_setaffinity, domid, [5]).errno == errno.EINVAL

@@ -15,6 +15,7 @@
  *   mock_xc_log_from_thread(text)     log through the handle's logger from
  *                                     a new pthread (a thread Python never saw)
  *   mock_xc_calls(call)               how many times `call` ran
+ *   mock_xc_node_affinity(domid)      the NUMA node map last set for a domain
  */
 #define _GNU_SOURCE
 #include <xenctrl.h>
@@ -52,6 +53,9 @@ struct mock_dom {
     unsigned int dirty_rounds;
     int next_port;
     unsigned long memmap_limit;
+    uint8_t nodes;
+    int pirqs;
+    uint32_t target;
 };
 
 struct mock_handle {
@@ -881,6 +885,73 @@ int xc_evtchn_reset(xc_interface *xch, uint32_t dom)
     DOM(d, dom, "xc_evtchn_reset");
     d->next_port = 1;
     RETURN(0);
+}
+
+int xc_get_nodemap_size(xc_interface *xch)
+{
+    BEGIN(xch, "xc_get_nodemap_size");
+    RETURN(1);
+}
+
+int xc_domain_node_setaffinity(xc_interface *xch, uint32_t domid, xc_nodemap_t nodemap)
+{
+    BEGIN(xch, "xc_domain_node_setaffinity");
+    DOM(d, domid, "xc_domain_node_setaffinity");
+    if (!(nodemap[0] & 3)) {
+        fail(mh, EINVAL, "xc_domain_node_setaffinity: no online node in %#x", nodemap[0]);
+        RETURN(-1);
+    }
+    d->nodes = nodemap[0];
+    RETURN(0);
+}
+
+/* pirqs are handed out from 16 up, per domain */
+int xc_physdev_map_pirq(xc_interface *xch, uint32_t domid, int index, int *pirq)
+{
+    BEGIN(xch, "xc_physdev_map_pirq");
+    DOM(d, domid, "xc_physdev_map_pirq");
+    if (index < 0 || index > 255) {
+        fail(mh, EINVAL, "xc_physdev_map_pirq: irq %d", index);
+        RETURN(-1);
+    }
+    if (*pirq < 0)
+        *pirq = 16 + d->pirqs;
+    d->pirqs++;
+    RETURN(0);
+}
+
+int xc_physdev_unmap_pirq(xc_interface *xch, uint32_t domid, int pirq)
+{
+    BEGIN(xch, "xc_physdev_unmap_pirq");
+    DOM(d, domid, "xc_physdev_unmap_pirq");
+    if (pirq < 16 || pirq >= 16 + d->pirqs) {
+        fail(mh, ENOENT, "xc_physdev_unmap_pirq: pirq %d not mapped", pirq);
+        RETURN(-1);
+    }
+    RETURN(0);
+}
+
+int xc_domain_set_target(xc_interface *xch, uint32_t domid, uint32_t target)
+{
+    BEGIN(xch, "xc_domain_set_target");
+    DOM(d, domid, "xc_domain_set_target");
+    if (!find(target)) {
+        fail(mh, ESRCH, "xc_domain_set_target: no domain %u", target);
+        RETURN(-1);
+    }
+    d->target = target;
+    RETURN(0);
+}
+
+int mock_xc_node_affinity(uint32_t domid)
+{
+    struct mock_dom *d;
+    int n;
+    pthread_mutex_lock(&lock);
+    d = find(domid);
+    n = d ? d->nodes : -1;
+    pthread_mutex_unlock(&lock);
+    return n;
 }
 
 static uint32_t assigned_sbdf[16], assigned_to[16];
