@@ -1233,15 +1233,15 @@ class Xc(Backend):
         return self._offline(dev)
 
     def _offline(self, dev: Dev | None) -> DeviceActionRequest | None:
-        """A device whose backend went offline by itself (hotplug gone, or shut down)."""
+        """A device on its way out: taken offline (an unplug that was cancelled or
+        rejected halfway), shut down, or closed with its hotplug script gone."""
         if dev is None:
             return None
         be = dev.backend
-        if self._read(f"{be}/online") == "1" and (
-                (self._read(f"{be}/hotplug-status") is None
-                 and self._read(f"{be}/hotplug-error") is None
-                 and self._read(f"{be}/state") == CLOSED)
-                or self._read(f"{be}/shutdown-done") is not None):
+        if (self._read(f"{be}/online") != "1"
+                or self._read(f"{be}/shutdown-done") is not None
+                or (self._read(f"{be}/hotplug-status") is None
+                    and self._read(f"{be}/state") == CLOSED)):
             return DeviceActionRequest.Needs_unplug
         return None
 
