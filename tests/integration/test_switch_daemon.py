@@ -23,6 +23,7 @@ from tests.switch.fixtures import (
 from xenopsd.api.errors import InternalError, Unimplemented
 from xenopsd.rpc import jsonrpc
 from xenopsd.rpc.client import Client, TransportError
+from xenopsd.rpc.switch import SwitchRefused
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +210,12 @@ def test_daemon_outlives_switch_restarts(tmp_path: Path) -> None:
     finally:
         sw.stop(signal.SIGKILL)
         d.stop()
+
+
+def test_a_full_queue_is_an_error_for_the_caller(tmp_path: Path) -> None:
+    with running_switch(tmp_path / "sw", "--max-queue", "1") as sw:
+        c = Client.switch(sw.socket, "org.xen.xapi.xenops.nobody", timeout=0.3)
+        with pytest.raises(TransportError, match="no reply"):
+            c.call("query")  # stays queued: nobody serves it
+        with pytest.raises(SwitchRefused, match="503"):
+            c.call("query")
