@@ -28,7 +28,7 @@ DOCDIR=$PREFIX/share/doc/xenopsd
 
 if [ "${SKIP_PYTHON:-0}" != 1 ]; then
     if [ -n "$DESTDIR" ]; then
-        "$PYTHON" -m pip install -q --no-deps --root "$DESTDIR" --prefix "$PREFIX" "$top"
+        "$PYTHON" -m pip install -q --no-deps --ignore-installed --root "$DESTDIR" --prefix "$PREFIX" "$top"
     else
         "$PYTHON" -m pip install -q --prefix "$PREFIX" "$top"
     fi
