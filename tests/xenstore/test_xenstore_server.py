@@ -557,6 +557,7 @@ def test_domain_messages(xs: Client) -> None:
     assert fails(xs.introduce_domain, 78, 0, 0) == errno.EINVAL
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_release_removes_the_domains_nodes(connect: Connect, xs: Client, base: str) -> None:
     xs.introduce_domain(5, 0, 1)
     guest = connect(5)
@@ -566,6 +567,10 @@ def test_release_removes_the_domains_nodes(connect: Connect, xs: Client, base: s
     xs.write(f"{base}/rel/dom0-owned", b"")
     xs.release_domain(5)
     assert xs.directory(f"{base}/rel") == ["dom0-owned"]
+    # The released domain's own connection is hung up, not left unanswered.
+    with pytest.raises(XenstoreError):
+        for _ in range(3):
+            guest.read(f"{base}/rel")
 
 
 def test_control(xs: Client) -> None:

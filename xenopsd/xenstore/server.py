@@ -63,6 +63,7 @@ class _ClientProtocol(asyncio.Protocol):
             transport.abort()
             return
         self.conn = self.server.store.connect(self._send, domid=self.domid)
+        self.conn.on_release = transport.close
         self.server.stats.connections += 1
 
     def _send(self, packet: Packet, is_event: bool) -> None:

@@ -172,6 +172,7 @@ class Connection:
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx_id: int = 1
     closed: bool = False
+    on_release: Callable[[], None] | None = None  # the domain went away: hang up
 
     @property
     def home(self) -> str:
@@ -710,6 +711,8 @@ class Store:
         self.targets.pop(domid, None)
         for conn in [c for c in self.connections if c.domid == domid and not c.privileged]:
             self.disconnect(conn)
+            if conn.on_release is not None:
+                conn.on_release()
         for path in [p for p, n in self.nodes.items() if n.perms[0][1] == domid]:
             node = self.nodes.get(path)
             if node is not None and path != "/":
