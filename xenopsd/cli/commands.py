@@ -125,12 +125,16 @@ def register(s: Session, md: Metadata) -> dict[str, Any]:
     return added
 
 
-def vm_summary(s: Session, vm_id: str, verb: str, out: Output, task: Task | None) -> None:
+def vm_summary(s: Session, vm_id: str, verb: str, out: Output, task: Task) -> None:
+    """One line saying what the VM is now: the state is re-read, not assumed."""
     vm, state = s.call("VM.stat", id=vm_id)
-    record: dict[str, Any] = {"id": vm.id, "name": vm.name, "power_state": state.power_state.value}
-    if task is not None:
-        assert isinstance(task.state, Completed)
-        record["duration"] = task.state.completion.duration
+    assert isinstance(task.state, Completed)
+    record: dict[str, Any] = {
+        "id": vm.id,
+        "name": vm.name,
+        "power_state": state.power_state.value,
+        "duration": task.state.completion.duration,
+    }
     out.emit(f"{vm.name}: {verb} ({state.power_state.value})", record)
 
 
@@ -400,7 +404,10 @@ class DeviceKind:
 def _backend(disk: Disk | None) -> str:
     if disk is None:
         return "(empty)"
-    return f"vdi:{disk.locator}" if isinstance(disk, VdiDisk) else str(disk.path)  # type: ignore[attr-defined]
+    if isinstance(disk, LocalDisk):
+        return disk.path
+    assert isinstance(disk, VdiDisk)
+    return f"vdi:{disk.locator}"
 
 
 def _network(net: Network) -> str:

@@ -86,9 +86,11 @@ class Session:
     ) -> Task:
         progress = Progress(label, enabled=self.show_progress)
         cancelled = False
-        last = self.call("UPDATES.last_id")
+        last: int | None = None
         while True:
             try:
+                if last is None:
+                    last = self.call("UPDATES.last_id")
                 task: Task = self.call("Task.stat", id=task_id)
                 if not isinstance(task.state, Pending):
                     break
