@@ -165,8 +165,12 @@ def test_suspend_resume(client: Client, vm_id: str) -> None:
     success(client, client.call("VM.suspend", id=vm_id, suspend_vdi=disk))
     assert power(client, vm_id) is PowerState.Suspended
     assert not client.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
+    # xapi's way: export with the domain state, forget the VM, import it again, resume
     md = client.call("VM.export_metadata", id=vm_id)
     assert '"domains"' in md
+    client.call("VM.remove", id=vm_id)
+    assert client.call("VM.import_metadata", metadata=md) == vm_id
+    assert power(client, vm_id) is PowerState.Suspended
     success(client, client.call("VM.resume", id=vm_id, suspend_vdi=disk))
     state = client.call("VM.stat", id=vm_id)[1]
     assert state.power_state is PowerState.Running and state.domids == domids

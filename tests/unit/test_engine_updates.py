@@ -75,3 +75,11 @@ def test_size_is_bounded_by_live_objects() -> None:
         u.add(VmUpdate(str(n % 10)))
     ids, barriers = u.snapshot()
     assert len(ids) == 10 and barriers == []
+
+
+def test_closed_event_loops_are_forgotten() -> None:
+    u = Updates()
+    for _ in range(3):
+        asyncio.run(u.get_async(0, 0))
+    u.add(VmUpdate("x"))
+    assert u._loops == {}

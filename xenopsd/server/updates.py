@@ -54,13 +54,17 @@ class Updates:
     def _changed(self) -> None:
         """Called with the lock held, after `_next` moved."""
         self._cond.notify_all()
+        closed = []
         for loop in self._loops:
             if loop not in self._pulse_pending:
                 self._pulse_pending.add(loop)
                 try:
                     loop.call_soon_threadsafe(self._pulse, loop)
-                except RuntimeError:
+                except RuntimeError:  # that loop is closed: nobody waits there any more
                     self._pulse_pending.discard(loop)
+                    closed.append(loop)
+        for loop in closed:
+            del self._loops[loop]
 
     def _pulse(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._cond:
