@@ -40,6 +40,7 @@ INITIALISING, INITWAIT, INITIALISED, CONNECTED, CLOSING, CLOSED = 1, 2, 3, 4, 5,
 FAULT_MODES = ("hang", "error")
 CONSOLE_LIMIT = 65536
 QMP_LINE_MAX = 65536
+QMP_MAX_CLIENTS = 8
 
 
 def _int(text: str | None) -> int | None:
@@ -256,18 +257,22 @@ class Consoles:
 
     def __init__(self) -> None:
         self.rings: dict[int, deque[str]] = {}
+        self.sizes: dict[int, int] = {}
 
     def write(self, domid: int, line: str) -> None:
         ring = self.rings.setdefault(domid, deque())
         ring.append(line + "\n")
-        while sum(len(x) for x in ring) > CONSOLE_LIMIT:
-            ring.popleft()
+        size = self.sizes.get(domid, 0) + len(line) + 1
+        while size > CONSOLE_LIMIT:
+            size -= len(ring.popleft())
+        self.sizes[domid] = size
 
     def read(self, domid: int) -> str:
         return "".join(self.rings.get(domid, ()))
 
     def forget(self, domid: int) -> None:
         self.rings.pop(domid, None)
+        self.sizes.pop(domid, None)
 
 
 class DeviceModel:
@@ -311,6 +316,9 @@ class DeviceModel:
             self.xs.rm(self.state_path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= QMP_MAX_CLIENTS:
+            writer.close()
+            return
         self.clients.add(writer)
         try:
             await self._send(writer, {"QMP": {"version": {"qemu": {"major": 8, "minor": 0,

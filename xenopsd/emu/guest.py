@@ -84,8 +84,9 @@ class Guest:
         self.xs = LocalXs(store, dom.domid, self._event, privileged=False)
         self.frontends: dict[tuple[str, int], _Frontend] = {}
         self.pending: set[str] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.shutting: asyncio.Task[None] | None = None
         self.workload: asyncio.Task[None] | None = None
+        self.balloon: asyncio.Task[None] | None = None
         self.stamp = 0
         self.ram_top = 0  # RAM frames the guest has (the rings are not RAM)
         self.ring_base: int | None = None
@@ -123,8 +124,9 @@ class Guest:
         self.config_changed()
 
     def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
+        for task in (self.shutting, self.balloon):
+            if task is not None:
+                task.cancel()
         if self.workload is not None:
             self.workload.cancel()
             self.workload = None
@@ -150,7 +152,7 @@ class Guest:
 
     def _handle(self, token: str) -> None:
         try:
-            if token == "device":
+            if token == "device" and self.pv:
                 self._scan_devices()
             elif token.startswith("be "):
                 _, kind, devid = token.split()
@@ -264,6 +266,8 @@ class Guest:
         request = self.xs.read_or(f"{self.home}/control/shutdown")
         if not request or not self.pv or not self.dom.guest.agent:
             return
+        if self.shutting is not None:
+            return  # already on its way down
         if self.dom.guest.ignore_shutdown:
             self.say(f"shutdown request '{request}' ignored")
             return
@@ -272,12 +276,11 @@ class Guest:
             return
         self.xs.write(f"{self.home}/control/shutdown", "")
         self.say(f"shutdown request '{request}' acknowledged")
-        task = asyncio.get_running_loop().create_task(self._shut_down(request))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.shutting = asyncio.get_running_loop().create_task(self._shut_down(request))
 
     async def _shut_down(self, request: str) -> None:
         await asyncio.sleep(ACK_TO_SHUTDOWN_DELAY)
+        self.shutting = None
         if request == "s3":
             self.s3 = True
             self.dom.hvm_params[HvmParam.ACPI_S_STATE] = 3
@@ -297,9 +300,9 @@ class Guest:
         target = _int(self.xs.read_or(f"{self.home}/memory/target"))
         if target is None or not self.dom.guest.balloon or not self.pv:
             return
-        task = asyncio.get_running_loop().create_task(self._follow_target(target // 4))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if self.balloon is not None:
+            self.balloon.cancel()  # the newest target wins
+        self.balloon = asyncio.get_running_loop().create_task(self._follow_target(target // 4))
 
     def pfn(self, ram_frame: int) -> int:
         """The frame number of the guest's `ram_frame`th RAM page (skipping the rings)."""
