@@ -53,13 +53,13 @@ class Daemon:
         return self.root / "daemon.log"
 
     def xml(self, **kw: object) -> Client:
-        return Client.xml(self.xml_socket, **kw)  # type: ignore[arg-type]
+        return Client.xml(self.xml_socket, **kw)
 
     def json(self, **kw: object) -> Client:
-        return Client.json(self.xml_socket, **kw)  # type: ignore[arg-type]
+        return Client.json(self.xml_socket, **kw)
 
     def framed(self, **kw: object) -> Client:
-        return Client.framed(self.json_socket, **kw)  # type: ignore[arg-type]
+        return Client.framed(self.json_socket, **kw)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
@@ -74,8 +74,8 @@ class Daemon:
 
 def start_daemon(root: Path, *extra: str, env: dict[str, str] | None = None) -> Daemon:
     """The acceptance command line, plus `extra` options."""
-    for d in ("sockets", "db", "hooks"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    for sub in ("sockets", "db", "hooks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "xenopsd",
         "--backend", "simulator",
