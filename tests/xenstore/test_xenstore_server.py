@@ -169,6 +169,7 @@ def test_existence_is_hidden_under_unreadable_parent(
     assert fails(guest.read, f"{base}/hidden/missing") == errno.ENOENT
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_set_target_grants_the_targets_rights(connect: Connect, xs: Client, base: str) -> None:
     xs.introduce_domain(6, 0, 1)
     try:
