@@ -36,6 +36,7 @@ from xenopsd.emu.testing import (
     create_domain,
     running_emulator,
     start_domain,
+    suspend_guest,
 )
 from xenopsd.xenstore.client import Client, WaitTimeout, open_client
 
@@ -376,6 +377,37 @@ def test_agent_acks_control_shutdown(hv: EmuHypervisor, xs: Client, request_: st
     if code == 2:
         hv.domain_resume(g.domid)
         assert not hv.domain_getinfo(g.domid).shutdown
+    hv.domain_destroy(g.domid)
+
+
+def test_suspended_guest_resumes_and_answers_again(hv: EmuHypervisor,
+                                                   native_xs: Client) -> None:
+    xs = native_xs
+    g = start_domain(hv, xs)
+    xs.wait_for(f"{g.home}/control/feature-suspend", b"1", WAIT)
+    suspend_guest(hv, xs, g)
+    hv.domain_resume(g.domid)
+    xs.resume_domain(g.domid)
+    xs.write(f"{g.home}/control/shutdown", "poweroff")
+    xs.wait_for(f"{g.home}/control/shutdown", b"", WAIT)
+    assert eventually(lambda: shutdown_code(hv, g.domid) == ShutdownReason.POWEROFF)
+    hv.domain_destroy(g.domid)
+
+
+def test_s3_freezes_the_guest_until_the_toolstack_wakes_it(hv: EmuHypervisor,
+                                                          native_xs: Client) -> None:
+    xs = native_xs
+    g = start_domain(hv, xs, hvm=True)
+    xs.wait_for(f"{g.home}/control/feature-s3", b"1", WAIT)
+    xs.write(f"{g.home}/control/shutdown", "s3")
+    xs.wait_for(f"{g.home}/control/shutdown", b"", WAIT)
+    eventually(lambda: hv.hvm_param_get(g.domid, HvmParam.ACPI_S_STATE) == 3)
+    xs.write(f"{g.home}/control/shutdown", "reboot")
+    with pytest.raises(WaitTimeout):
+        xs.wait_for(f"{g.home}/control/shutdown", b"", SHORT)
+    hv.hvm_param_set(g.domid, HvmParam.ACPI_S_STATE, 0)
+    xs.wait_for(f"{g.home}/control/shutdown", b"", WAIT)
+    assert eventually(lambda: shutdown_code(hv, g.domid) == ShutdownReason.REBOOT)
     hv.domain_destroy(g.domid)
 
 
