@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -108,3 +109,19 @@ def test_failing_hook_aborts_the_start(hook_daemon: Daemon) -> None:
     assert c.call("VM.stat", id="vetoed")[1].power_state is PowerState.Halted
     os.unlink(hooks / "vm-pre-start" / "50-veto")
     success(c, c.call("VM.start", id="vetoed", paused=False))
+
+
+def test_debug_shutdown_stops_the_daemon(tmp_path: Path) -> None:
+    from tests.daemon import start_daemon
+    from xenopsd.rpc.client import TransportError
+
+    d = start_daemon(tmp_path)
+    try:
+        d.json().call("VM.add", vm=make_vm("kept"))
+        with contextlib.suppress(TransportError):
+            d.json().call("DEBUG.shutdown", unit=None)
+        assert d.proc.wait(30) == 0
+    finally:
+        d.stop()
+    with running_daemon(tmp_path) as again:
+        assert again.json().call("VM.exists", id="kept")

@@ -386,3 +386,39 @@ def test_metadata_roundtrip(client: Client, vm_id: str) -> None:
     success(client, client.call("VM.import_metadata_async", metadata=md.replace(vm_id, new_id)))
     assert len(client.call("VIF.list", id=new_id)) == 1
     client.call("VM.remove", id=new_id)
+
+
+def test_remaining_methods(client: Client, vm_id: str) -> None:
+    from xenopsd.api.devices import Autoconf6
+
+    vm = client.call("VM.stat", id=vm_id)[0]
+    assert client.call("VM.generate_state_string", vm=vm) == ""
+    err = failure(
+        client,
+        client.call(
+            "VM.migrate",
+            id=vm_id,
+            vdi_map={},
+            vif_map={},
+            pci_map={},
+            xenops_url="http://127.0.0.1/services/xenops",
+            compress=False,
+            verify_dest=False,
+            localhost_migration=True,
+        ),
+    )
+    assert isinstance(err, (Unimplemented, InternalError))  # the simulator cannot save
+    client.call("VIF.add", vif=make_vif(vm_id, 0))
+    success(client, client.call("VM.start", id=vm_id, paused=False))
+    success(
+        client,
+        client.call("VIF.set_ipv6_configuration", id=(vm_id, "0"), ipv6_configuration=Autoconf6()),
+    )
+    assert client.call("VIF.stat", id=(vm_id, "0"))[0].ipv6_configuration == Autoconf6()
+    client.call("HOST.set_worker_pool_size", pool_size=8)
+    client.call("HOST.set_worker_pool_size", pool_size=4)
+    with pytest.raises(DoesNotExist):
+        client.call("Task.cancel", id="424242")
+    err = failure(client, client.call("VM.import_metadata_async", metadata="[1, 2"))
+    assert isinstance(err, InternalError)
+    assert isinstance(failure(client, client.call("VM.set_vcpus", id=vm_id, vcpus=0)), InvalidVcpus)

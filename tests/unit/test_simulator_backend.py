@@ -148,3 +148,11 @@ def test_engine_and_simulator_import_no_xen_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_wire_method_is_served() -> None:
+    from xenopsd.api.methods import METHODS
+    from xenopsd.server.service import Service
+
+    missing = [m.wire for m in METHODS.values() if not hasattr(Service, m.py_name)]
+    assert missing == []
