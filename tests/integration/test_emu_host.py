@@ -29,6 +29,7 @@ from xenopsd.backends.xc.hypervisor import (
 )
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import HypercallError
+from xenopsd.emu.service import MAX_FAULTS
 from xenopsd.emu.testing import (
     EmulatorProcess,
     add_vbd,
@@ -587,3 +588,26 @@ def test_unknown_operation_is_enosys(hv: EmuHypervisor) -> None:
         hv.call("domain_pause", domid=1, bogus=2)
     assert exc.value.errno == errno.EINVAL
     assert hv.version().major == 4  # the connection survives both
+
+
+def test_hostile_control_clients_are_dropped_alone(hv: EmuHypervisor,
+                                                   emu: EmulatorProcess) -> None:
+    for junk in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x03{}}"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(WAIT)
+            s.connect(emu.control_path)
+            s.sendall(junk)
+            assert s.recv(1) == b"", "the emulator closes a client that breaks the framing"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(emu.control_path)  # connected, never speaks
+    try:
+        assert hv.version().major == 4
+        for _ in range(MAX_FAULTS):
+            hv.fault_hypercall("sched_id", errno.EIO, count=-1, domid=4000)
+        with pytest.raises(HypercallError) as exc:
+            hv.fault_hypercall("sched_id", errno.EIO, count=-1, domid=4000)
+        assert exc.value.errno == errno.ENOSPC
+    finally:
+        hv.fault_clear()
+        silent.close()
+    assert hv.sched_id() == Scheduler.CREDIT

@@ -43,6 +43,7 @@ logger = log.get(__name__)
 
 MAX_CONTROL_CONNECTIONS = 256
 RECV_CHUNK = 65536
+MAX_FAULTS = 256
 
 # Operations that are hypercalls (subject to injected failures), and the
 # libxc function each one stands for where the name is not just xc_<op>.
@@ -222,12 +223,16 @@ class Emulator:
             raise HypercallError(errno.EINVAL, "fault_hypercall", f"{op} is not a hypercall")
         if not 0 < err < 4096 or count == 0:
             raise HypercallError(errno.EINVAL, "fault_hypercall", "errno or count out of range")
+        if len(self.faults) >= MAX_FAULTS:
+            raise HypercallError(errno.ENOSPC, "fault_hypercall", f"{MAX_FAULTS} faults pending")
         self.faults.append(HypercallFault(op, err, count, domid))
 
     def fault_backend(self, mode: str, kind: str | None = None, domid: int | None = None,
                       devid: int | None = None) -> None:
         if mode not in (*FAULT_MODES, "off"):
             raise HypercallError(errno.EINVAL, "fault_backend", f"mode is one of {FAULT_MODES}")
+        if mode != "off" and len(self.backends.faults) >= MAX_FAULTS:
+            raise HypercallError(errno.ENOSPC, "fault_backend", f"{MAX_FAULTS} faults pending")
         self.backends.set_fault(mode, kind, domid, devid)
 
     def fault_clear(self) -> None:
