@@ -49,3 +49,22 @@ def test_memory_store_and_namespace() -> None:
     assert ns.names() == ["x", "y"] and ns.read("x") == "1"
     ns.delete("x")
     assert ns.names() == ["y"] and ns.read("x") is None
+
+
+def test_db_never_serves_a_stale_decoded_record() -> None:
+    from dataclasses import replace
+
+    from tests.integration.engine_helpers import make_vm
+    from xenopsd.api import jsontext, marshal
+    from xenopsd.api.vm import Vm
+    from xenopsd.server.db import Db
+
+    store = Store()
+    db = Db(store)
+    db.write_vm(make_vm("a"))
+    assert db.vm("a").name == "vm-a"
+    # a writer that raced past the memo: the next read follows the stored text
+    store.write(
+        ("VM", "a", "config"), jsontext.dumps(marshal.encode(Vm, replace(db.vm("a"), name="b")))
+    )
+    assert db.vm("a").name == "b"

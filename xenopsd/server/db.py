@@ -2,8 +2,8 @@
 
 `Does_not_exist` payloads name the record's storage key, as upstream's do
 (`["VM", "<vm>/config"]`, `["VM", "<vm>/vbd.<dev>"]`, `["PCI", "<vm>/pci.<dev>"]`).
-Decoded records are cached; callers never mutate them (they write a
-`dataclasses.replace` copy), so the cache can be shared between threads.
+Decoded records are memoised; callers never mutate them (they write a
+`dataclasses.replace` copy), so one decoded record can be shared by threads.
 """
 
 from __future__ import annotations
@@ -63,29 +63,29 @@ class Db:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._cache: dict[StorePath, Any] = {}
+        self._decoded: dict[StorePath, tuple[str, Any]] = {}
+        """A decode memo keyed by the record's text, so it can never serve a stale record."""
 
     def _get(self, path: StorePath, tp: type) -> Any | None:
-        with self._lock:
-            if path in self._cache:
-                return self._cache[path]
         text = self.store.read(path)
         if text is None:
             return None
+        with self._lock:
+            memo = self._decoded.get(path)
+        if memo is not None and (memo[0] is text or memo[0] == text):
+            return memo[1]
         value = marshal.decode(tp, jsontext.loads(text))
         with self._lock:
-            self._cache[path] = value
+            self._decoded[path] = (text, value)
         return value
 
     def _put(self, path: StorePath, tp: type, value: Any) -> None:
         self.store.write(path, jsontext.dumps(marshal.encode(tp, value)))
-        with self._lock:
-            self._cache[path] = value
 
     def _drop(self, path: StorePath) -> None:
         self.store.delete(path)
         with self._lock:
-            self._cache.pop(path, None)
+            self._decoded.pop(path, None)
 
     # VMs
     def vm_ids(self) -> list[VmId]:
