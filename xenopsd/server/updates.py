@@ -83,10 +83,11 @@ class Updates:
             self._changed()
 
     def remove(self, x: DynamicId) -> None:
+        """Forget `x`; the counter moves even if it was absent, as upstream's does."""
         with self._cond:
-            if self._map.pop(x, None) is not None:
-                self._next += 1
-                self._changed()
+            self._map.pop(x, None)
+            self._next += 1
+            self._changed()
 
     def remove_where(self, predicate: Callable[[DynamicId], bool]) -> None:
         with self._cond:
