@@ -950,7 +950,9 @@ class Xc(Backend):
             return ACTION_OF_CODE[code]
         request = self._read(f"{dom.home}/action-request")
         if request is None:
-            return None
+            # no tree at all: a daemon died between creating the domain and
+            # writing its tree, so it is as half-built as a marked one
+            return None if self.xs.exists(dom.home) else DomainActionRequest.Needs_poweroff
         if request == "reboot":
             return DomainActionRequest.Needs_reboot
         return DomainActionRequest.Needs_poweroff
