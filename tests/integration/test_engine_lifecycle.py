@@ -422,3 +422,30 @@ def test_remaining_methods(client: Client, vm_id: str) -> None:
     err = failure(client, client.call("VM.import_metadata_async", metadata="[1, 2"))
     assert isinstance(err, InternalError)
     assert isinstance(failure(client, client.call("VM.set_vcpus", id=vm_id, vcpus=0)), InvalidVcpus)
+
+
+def test_many_devices_plug_in_chunks(client: Client, vm_id: str) -> None:
+    """More than ten devices: the parallel groups run in chunks and every device ends plugged."""
+    for n in range(25):
+        client.call("VBD.add", vbd=make_vbd(vm_id, f"xvd{n}", ro=n % 3 == 0))
+    for n in range(12):
+        client.call("VIF.add", vif=make_vif(vm_id, n))
+    success(client, client.call("VM.start", id=vm_id, paused=False))
+    client.call("DEBUG.trigger", cmd="check-vbd-plug-ordering", args=[vm_id])
+    assert all(s.plugged for _, s in client.call("VBD.list", id=vm_id))
+    assert all(s.plugged for _, s in client.call("VIF.list", id=vm_id))
+    success(client, client.call("VM.shutdown", id=vm_id, delay=None))
+    assert not any(s.plugged for _, s in client.call("VBD.list", id=vm_id))
+
+
+def test_failed_device_plug_fails_the_start(client: Client, vm_id: str) -> None:
+    """Two VBDs on one position: the second plug fails, the start reports it, records stay sane."""
+    pos = (BusType.Xen, 0, 0)
+    client.call("VBD.add", vbd=make_vbd(vm_id, "xvda", position=pos))
+    client.call("VBD.add", vbd=make_vbd(vm_id, "xvdb", position=pos))
+    err = failure(client, client.call("VM.start", id=vm_id, paused=False))
+    assert isinstance(err, AlreadyExists) and err.kind == "vbd"
+    plugged = [s.plugged for _, s in client.call("VBD.list", id=vm_id)]
+    assert sorted(plugged) == [False, True]
+    success(client, client.call("VM.destroy", id=vm_id))
+    assert power(client, vm_id) is PowerState.Halted
