@@ -12,6 +12,12 @@ Also the wake-up latency of a blocked `UPDATES.get` after a change (from
 just before the changing call is sent to the waiter holding its reply),
 mean and p99, beside the round trip of the changing call alone.
 
+And the production backend: start and shut down N VMs (one disk, one NIC
+each) with `--backend xc` on the emulated host (N = 10, 100), beside the
+simulator backend doing the same in the same run, so "xc ÷ simulator" is
+what real domains, xenstore trees and device handshakes cost on top of the
+engine.
+
 The store is on tmpfs (/dev/shm) when there is one, as in production
 (spec §10.1). Figures go to bench/results/lifecycle.md.
 """
@@ -32,9 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon import running_daemon  # noqa: E402
-from tests.integration.engine_helpers import make_vm, run_all, wait_all  # noqa: E402
+from tests.daemon import Daemon, running_daemon  # noqa: E402
+from tests.integration.engine_helpers import (  # noqa: E402
+    make_vbd,
+    make_vif,
+    make_vm,
+    run_all,
+    wait_all,
+)
+from tests.integration.test_xc_support import running_xc_host  # noqa: E402
 from xenopsd.api.updates import VmUpdate  # noqa: E402
+from xenopsd.api.vm import LocalDisk  # noqa: E402
 from xenopsd.rpc.client import Client  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "lifecycle.md"
@@ -42,6 +56,10 @@ THREADS = 8
 TABLE_HEAD = (
     "| N | worker-pool-size | add s | start s | shutdown s | remove s | total s | ops/s "
     "| floor calls/s | ops/s ÷ floor |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+XC_HEAD = (
+    "| N | sim start s | sim shutdown s | sim starts/s | xc start s | xc shutdown s "
+    "| xc starts/s | xc ÷ sim start | xc ÷ sim shutdown |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -72,6 +90,45 @@ def lifecycle(root: Path, n: int, pool: int) -> dict[str, float]:
         out["shutdown"] = timed(stop)
         out["remove"] = timed(lambda: run_all(d.json, [("VM.remove", {"id": i}) for i in ids]))
         return out
+
+
+def start_shutdown(d: Daemon, n: int) -> tuple[float, float]:
+    """Seconds to start N VMs with a disk and a NIC each, then to shut them down."""
+    control = d.json()
+    ids = [f"bench{i}" for i in range(n)]
+    for i in ids:
+        control.call("VM.add", vm=make_vm(i))
+        control.call("VBD.add", vbd=make_vbd(i, "xvda", backend=LocalDisk(f"/dev/{i}")))
+        control.call("VIF.add", vif=make_vif(i, 0))
+
+    def start() -> None:
+        wait_all(control, run_all(d.json, [("VM.start", {"id": i, "paused": False}) for i in ids]))
+
+    def stop() -> None:
+        wait_all(control, run_all(d.json, [("VM.shutdown", {"id": i, "delay": None})
+                                          for i in ids]))
+
+    return timed(start), timed(stop)
+
+
+def xc_beside_simulator(n: int, shm: str | None) -> str:
+    """One table row: the same start/shutdown against both backends, one after the other."""
+    figures = {}
+    for backend in ("simulator", "xc"):
+        root = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-", dir=shm))
+        try:
+            if backend == "xc":
+                with running_xc_host(root) as host:
+                    figures[backend] = start_shutdown(host.daemon, n)
+            else:
+                with running_daemon(root) as d:
+                    figures[backend] = start_shutdown(d, n)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    (sim_start, sim_stop), (xc_start, xc_stop) = figures["simulator"], figures["xc"]
+    return (f"| {n} | {sim_start:.2f} | {sim_stop:.2f} | {n / sim_start:.0f} "
+            f"| {xc_start:.2f} | {xc_stop:.2f} | {n / xc_start:.1f} "
+            f"| {xc_start / sim_start:.1f} | {xc_stop / sim_stop:.1f} |")
 
 
 def wakeup(root: Path, samples: int) -> tuple[list[float], list[float]]:
@@ -119,6 +176,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--pools", default="4,16")
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--xc-sizes", default="10,100",
+                        help="N for the xc-on-the-emulator rows (empty: none)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -138,6 +197,10 @@ def main() -> None:
                 f"| {ops / r['floor']:.2f} |"
             )
             print(rows[-1], flush=True)
+    xc_rows = []
+    for n in (int(x) for x in args.xc_sizes.split(",") if x):
+        xc_rows.append(xc_beside_simulator(n, shm))
+        print(xc_rows[-1], flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench-wakeup-", dir=shm))
     try:
         wake, rtt = wakeup(root, args.samples)
@@ -178,6 +241,19 @@ From just before `UPDATES.refresh_vm` is sent until a client blocked in
 | samples | wake-up mean | wake-up p99 | refresh_vm RTT mean | refresh_vm RTT p99 | wake-up ÷ RTT |
 |---|---|---|---|---|---|
 {wake_line}
+
+## The xc backend on the emulated host, beside the simulator
+
+N VMs with one disk and one NIC each: `VM.start` of all (left paused, as
+xapi's start is), then `VM.shutdown` without a delay (hard), through the
+default worker pool (4), same client threads. The xc daemon drives the
+emulated host (`python -m xenopsd.emu`): domains, the §16.3 xenstore tree in
+transactions, and the dom0 backends' hotplug handshake for every device.
+The simulator runs the same atomics on in-memory records. Times in s;
+"xc ÷ sim" is the cost of the real thing over the engine alone.
+
+{XC_HEAD}
+{chr(10).join(xc_rows)}
 """
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
