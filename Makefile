@@ -6,7 +6,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libxen-dev xenstore-utils pkg-config gcc python3-dev
 RUNDIR ?= $(CURDIR)/run
-PREFIX ?= /usr/local
+PREFIX ?= /opt/xenopsd
 XEN_TOOLS := $(CURDIR)/build/xen-tools
 
 .PHONY: deps test test-all run install lint bench xen-tools clean
@@ -46,7 +46,8 @@ run: deps
 	RUNDIR=$(RUNDIR) PYTHON=$(PYTHON) sh deploy/demo.sh
 
 # The daemon, xenops-cli, systemd units, tmpfiles.d, /etc/xenopsd.conf and docs
-# (see deploy/install.sh; DESTDIR stages into a tree, PREFIX defaults to /usr/local).
+# (see deploy/install.sh: a virtual environment at PREFIX, default /opt/xenopsd;
+# DESTDIR stages into a tree instead).
 install:
 	DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) PYTHON=$(PYTHON) sh deploy/install.sh
 

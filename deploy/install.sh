@@ -4,21 +4,26 @@
 # units, the tmpfiles.d entry that creates the directories with their owners
 # and modes, the commented /etc/xenopsd.conf and the docs.
 #
-#   deploy/install.sh                 install into / (as root)
-#   DESTDIR=/tmp/root deploy/install.sh   stage into a tree (packaging, tests)
+#   deploy/install.sh                      install on this host (as root)
+#   DESTDIR=/tmp/root PREFIX=/usr deploy/install.sh   stage into a tree (packaging)
 #
-# Variables: DESTDIR, PREFIX (/usr/local), SYSCONFDIR (/etc),
-# UNITDIR (/etc/systemd/system), TMPFILESDIR (/etc/tmpfiles.d),
-# PYTHON (python3), SKIP_PYTHON=1 to install only the files (the package is
-# installed some other way, e.g. pip install . or a distribution package).
-# An existing xenopsd.conf is never overwritten: the new one is written
-# beside it as xenopsd.conf.new.
+# On the host itself the package goes into its own virtual environment at
+# PREFIX (default /opt/xenopsd), which Debian 12's externally managed Python
+# requires and which keeps the daemon's dependencies apart from the system's;
+# xenops-cli is linked into /usr/local/bin. With DESTDIR the package is
+# installed by pip under DESTDIR/PREFIX, as distribution packages do.
+#
+# Variables: DESTDIR, PREFIX, SYSCONFDIR (/etc), UNITDIR (/etc/systemd/system),
+# TMPFILESDIR (/etc/tmpfiles.d), PYTHON (python3), SKIP_PYTHON=1 to install
+# only the files (the package is installed some other way; PREFIX/bin must
+# then hold the programs). An existing xenopsd.conf is never overwritten: the
+# new one is written beside it as xenopsd.conf.new.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 DESTDIR=${DESTDIR:-}
-PREFIX=${PREFIX:-/usr/local}
+PREFIX=${PREFIX:-/opt/xenopsd}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 UNITDIR=${UNITDIR:-/etc/systemd/system}
 TMPFILESDIR=${TMPFILESDIR:-/etc/tmpfiles.d}
@@ -28,9 +33,14 @@ DOCDIR=$PREFIX/share/doc/xenopsd
 
 if [ "${SKIP_PYTHON:-0}" != 1 ]; then
     if [ -n "$DESTDIR" ]; then
-        "$PYTHON" -m pip install -q --no-deps --ignore-installed --root "$DESTDIR" --prefix "$PREFIX" "$top"
+        # --ignore-installed: never uninstall the copy of the Python running this.
+        "$PYTHON" -m pip install -q --no-deps --ignore-installed \
+            --root "$DESTDIR" --prefix "$PREFIX" "$top"
     else
-        "$PYTHON" -m pip install -q --prefix "$PREFIX" "$top"
+        [ -x "$PREFIX/bin/python" ] || "$PYTHON" -m venv "$PREFIX"
+        "$PREFIX/bin/python" -m pip install -q "$top"
+        install -d -m 0755 /usr/local/bin
+        ln -sf "$BINDIR/xenops-cli" /usr/local/bin/xenops-cli
     fi
 fi
 
