@@ -215,10 +215,11 @@ class Service:
 
         return wrap
 
-    def _vm_atom(
-        self, debug_info: str, vm_id: VmId, name: str, leaf: Callable[[], Atomic]
+    def _atom(
+        self, debug_info: str, vm_id: VmId, description: str, leaf: Callable[[], Atomic]
     ) -> TaskId:
-        return self._task(debug_info, vm_id, f"{name} {vm_id}", lambda: [leaf()])
+        """A wire call that is one atomic; a failure repairs the object that atomic touched."""
+        return self._task(debug_info, vm_id, description, lambda: [leaf()])
 
     # Top level
     def query(self, debug_info: str, unit: None) -> Query:
@@ -369,80 +370,91 @@ class Service:
 
     # VM: low-level atomics
     def vm_create(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_create", lambda: self.engine.a_vm_create(id, False)
+        return self._atom(
+            debug_info, id, f"VM_create {id}", lambda: self.engine.a_vm_create(id, False)
         )
 
     def vm_build(self, debug_info: str, id: VmId, force: bool) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_build", lambda: self.engine.a_vm_build(id, force))
+        return self._atom(
+            debug_info, id, f"VM_build {id}", lambda: self.engine.a_vm_build(id, force)
+        )
 
     def vm_create_device_model(self, debug_info: str, id: VmId, save_state: bool) -> TaskId:
-        return self._vm_atom(
+        return self._atom(
             debug_info,
             id,
-            "VM_create_device_model",
+            f"VM_create_device_model {id}",
             lambda: self.engine.a_vm_create_device_model(id, save_state),
         )
 
     def vm_destroy(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_destroy", lambda: self.engine.a_vm_destroy(id))
+        return self._atom(debug_info, id, f"VM_destroy {id}", lambda: self.engine.a_vm_destroy(id))
 
     def vm_pause(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_pause", lambda: self.engine.a_vm_pause(id))
+        return self._atom(debug_info, id, f"VM_pause {id}", lambda: self.engine.a_vm_pause(id))
 
     def vm_unpause(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_unpause", lambda: self.engine.a_vm_unpause(id))
+        return self._atom(debug_info, id, f"VM_unpause {id}", lambda: self.engine.a_vm_unpause(id))
 
     def vm_request_rdp(self, debug_info: str, id: VmId, enabled: bool) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_request_rdp", lambda: self.engine.a_vm_request_rdp(id, enabled)
+        return self._atom(
+            debug_info,
+            id,
+            f"VM_request_rdp {id}",
+            lambda: self.engine.a_vm_request_rdp(id, enabled),
         )
 
     def vm_run_script(self, debug_info: str, id: VmId, script: str) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_run_script", lambda: self.engine.a_vm_run_script(id, script)
+        return self._atom(
+            debug_info, id, f"VM_run_script {id}", lambda: self.engine.a_vm_run_script(id, script)
         )
 
     def vm_set_xsdata(self, debug_info: str, id: VmId, xsdata: dict[str, str]) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_set_xsdata", lambda: self.engine.a_vm_set_xsdata(id, xsdata)
+        return self._atom(
+            debug_info, id, f"VM_set_xsdata {id}", lambda: self.engine.a_vm_set_xsdata(id, xsdata)
         )
 
     def vm_set_vcpus(self, debug_info: str, id: VmId, vcpus: int) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_set_vcpus", lambda: self.engine.a_vm_set_vcpus(id, vcpus)
+        return self._atom(
+            debug_info, id, f"VM_set_vcpus {id}", lambda: self.engine.a_vm_set_vcpus(id, vcpus)
         )
 
     def vm_set_shadow_multiplier(self, debug_info: str, id: VmId, multiplier: float) -> TaskId:
-        return self._vm_atom(
+        return self._atom(
             debug_info,
             id,
-            "VM_set_shadow_multiplier",
+            f"VM_set_shadow_multiplier {id}",
             lambda: self.engine.a_vm_set_shadow_multiplier(id, multiplier),
         )
 
     def vm_set_memory_dynamic_range(
         self, debug_info: str, id: VmId, minimum: int, maximum: int
     ) -> TaskId:
-        return self._vm_atom(
+        return self._atom(
             debug_info,
             id,
-            "VM_set_memory_dynamic_range",
+            f"VM_set_memory_dynamic_range {id}",
             lambda: self.engine.a_vm_set_memory_dynamic_range(id, minimum, maximum),
         )
 
     def vm_delay(self, debug_info: str, id: VmId, delay: float) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_delay", lambda: self.engine.a_vm_delay(id, delay))
+        return self._atom(
+            debug_info, id, f"VM_delay {id}", lambda: self.engine.a_vm_delay(id, delay)
+        )
 
     def vm_s3suspend(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_s3suspend", lambda: self.engine.a_vm_s3suspend(id))
+        return self._atom(
+            debug_info, id, f"VM_s3suspend {id}", lambda: self.engine.a_vm_s3suspend(id)
+        )
 
     def vm_s3resume(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(debug_info, id, "VM_s3resume", lambda: self.engine.a_vm_s3resume(id))
+        return self._atom(
+            debug_info, id, f"VM_s3resume {id}", lambda: self.engine.a_vm_s3resume(id)
+        )
 
     def vm_fast_resume(self, debug_info: str, id: VmId) -> TaskId:
-        return self._vm_atom(
-            debug_info, id, "VM_fast_resume", lambda: self.engine.a_vm_fast_resume(id)
+        return self._atom(
+            debug_info, id, f"VM_fast_resume {id}", lambda: self.engine.a_vm_fast_resume(id)
         )
 
     # VM: lifecycle operations (spec §6.3, §6.4)
@@ -695,13 +707,11 @@ class Service:
         )
 
     def vbd_eject(self, debug_info: str, id: DeviceId) -> TaskId:
-        return self._task(
-            debug_info, id[0], f"VBD_eject {id}", lambda: [self.engine.a_vbd_eject(id)]
-        )
+        return self._atom(debug_info, id[0], f"VBD_eject {id}", lambda: self.engine.a_vbd_eject(id))
 
     def vbd_insert(self, debug_info: str, id: DeviceId, disk: Disk) -> TaskId:
-        return self._task(
-            debug_info, id[0], f"VBD_insert {id}", lambda: [self.engine.a_vbd_insert(id, disk)]
+        return self._atom(
+            debug_info, id[0], f"VBD_insert {id}", lambda: self.engine.a_vbd_insert(id, disk)
         )
 
     def vbd_stat(self, debug_info: str, id: DeviceId) -> tuple[Vbd, VbdState]:
@@ -719,13 +729,11 @@ class Service:
         return self._add_device(VUSB, vusb)
 
     def vusb_plug(self, debug_info: str, id: DeviceId) -> TaskId:
-        return self._task(
-            debug_info, id[0], f"VUSB_plug {id}", lambda: [self.engine.a_vusb_plug(id)]
-        )
+        return self._atom(debug_info, id[0], f"VUSB_plug {id}", lambda: self.engine.a_vusb_plug(id))
 
     def vusb_unplug(self, debug_info: str, id: DeviceId) -> TaskId:
-        return self._task(
-            debug_info, id[0], f"VUSB_unplug {id}", lambda: [self.engine.a_vusb_unplug(id)]
+        return self._atom(
+            debug_info, id[0], f"VUSB_unplug {id}", lambda: self.engine.a_vusb_unplug(id)
         )
 
     def vusb_stat(self, debug_info: str, id: DeviceId) -> tuple[Vusb, VusbState]:
@@ -760,14 +768,9 @@ class Service:
             cleanup=[CheckTarget("VIF", id)],
         )
 
-    def _vif_atom(
-        self, debug_info: str, id: DeviceId, name: str, leaf: Callable[[], Atomic]
-    ) -> TaskId:
-        return self._task(debug_info, id[0], f"{name} {id}", lambda: [leaf()])
-
     def vif_move(self, debug_info: str, id: DeviceId, network: Network) -> TaskId:
-        return self._vif_atom(
-            debug_info, id, "VIF_move", lambda: self.engine.a_vif_move(id, network)
+        return self._atom(
+            debug_info, id[0], f"VIF_move {id}", lambda: self.engine.a_vif_move(id, network)
         )
 
     def vif_stat(self, debug_info: str, id: DeviceId) -> tuple[Vif, VifState]:
@@ -781,48 +784,57 @@ class Service:
         self._remove_device(VIF, id)
 
     def vif_set_carrier(self, debug_info: str, id: DeviceId, carrier: bool) -> TaskId:
-        return self._vif_atom(
-            debug_info, id, "VIF_set_carrier", lambda: self.engine.a_vif_set_carrier(id, carrier)
+        return self._atom(
+            debug_info,
+            id[0],
+            f"VIF_set_carrier {id}",
+            lambda: self.engine.a_vif_set_carrier(id, carrier),
         )
 
     def vif_set_locking_mode(
         self, debug_info: str, id: DeviceId, locking_mode: LockingMode
     ) -> TaskId:
-        return self._vif_atom(
+        return self._atom(
             debug_info,
-            id,
-            "VIF_set_locking_mode",
+            id[0],
+            f"VIF_set_locking_mode {id}",
             lambda: self.engine.a_vif_set_locking_mode(id, locking_mode),
         )
 
     def vif_set_ipv4_configuration(
         self, debug_info: str, id: DeviceId, ipv4_configuration: Ipv4Configuration
     ) -> TaskId:
-        return self._vif_atom(
+        return self._atom(
             debug_info,
-            id,
-            "VIF_set_ipv4_configuration",
+            id[0],
+            f"VIF_set_ipv4_configuration {id}",
             lambda: self.engine.a_vif_set_ipv4(id, ipv4_configuration),
         )
 
     def vif_set_ipv6_configuration(
         self, debug_info: str, id: DeviceId, ipv6_configuration: Ipv6Configuration
     ) -> TaskId:
-        return self._vif_atom(
+        return self._atom(
             debug_info,
-            id,
-            "VIF_set_ipv6_configuration",
+            id[0],
+            f"VIF_set_ipv6_configuration {id}",
             lambda: self.engine.a_vif_set_ipv6(id, ipv6_configuration),
         )
 
     def vif_set_pvs_proxy(self, debug_info: str, id: DeviceId, proxy: PvsProxy | None) -> TaskId:
-        return self._vif_atom(
-            debug_info, id, "VIF_set_pvs_proxy", lambda: self.engine.a_vif_set_pvs_proxy(id, proxy)
+        return self._atom(
+            debug_info,
+            id[0],
+            f"VIF_set_pvs_proxy {id}",
+            lambda: self.engine.a_vif_set_pvs_proxy(id, proxy),
         )
 
     def vif_set_trunks(self, debug_info: str, id: DeviceId, trunks: list[int]) -> TaskId:
-        return self._vif_atom(
-            debug_info, id, "VIF_set_trunks", lambda: self.engine.a_vif_set_trunks(id, trunks)
+        return self._atom(
+            debug_info,
+            id[0],
+            f"VIF_set_trunks {id}",
+            lambda: self.engine.a_vif_set_trunks(id, trunks),
         )
 
     # VGPU
