@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.engine_helpers import make_vbd, make_vif, make_vm, success, wait_task
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from xenopsd.api.task import Completed
@@ -71,6 +73,7 @@ def test_half_built_domain_is_cleaned_up_after_restart(tmp_path: Path) -> None:
             assert not xs.exists(f"/local/domain/{domid}")
 
 
+@pytest.mark.slow
 def test_kill_9_with_20_vms_and_5_operations_in_flight(tmp_path: Path) -> None:
     with running_xc_host(tmp_path) as host:
         c = host.daemon.json()
