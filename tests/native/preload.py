@@ -20,16 +20,16 @@ _CHILD = """
 import sys, traceback
 mod = __import__(sys.argv[1], fromlist=["_"])
 try:
-    getattr(mod, sys.argv[2])()
+    getattr(mod, sys.argv[2])(*sys.argv[3:])
 except BaseException:
     traceback.print_exc()
     sys.exit(1)
 """
 
 
-def run_case(lib: Path, module: str, case: str, timeout: float = 60.0,
+def run_case(lib: Path, module: str, case: str, *args: str, timeout: float = 60.0,
              env: dict[str, str] | None = None) -> str:
-    """Run `module.case()` with `lib` preloaded; return its stderr, raise if it failed."""
+    """Run `module.case(*args)` with `lib` preloaded; return its stderr, raise if it failed."""
     child_env = dict(os.environ)
     child_env.update(env or {})
     child_env["LD_PRELOAD"] = str(lib)
@@ -37,7 +37,7 @@ def run_case(lib: Path, module: str, case: str, timeout: float = 60.0,
         p for p in (str(ROOT), child_env.get("PYTHONPATH", "")) if p
     )
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, module, case],
+        [sys.executable, "-c", _CHILD, module, case, *args],
         capture_output=True, text=True, timeout=timeout, env=child_env, cwd=ROOT,
     )
     if proc.returncode != 0:
