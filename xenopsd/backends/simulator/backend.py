@@ -65,6 +65,8 @@ from xenopsd.backends.interface import (
 
 logger = log.get(__name__)
 
+_STRIPES = 64
+
 
 @dataclass(kw_only=True)
 class Domain:
@@ -139,6 +141,9 @@ class Simulator(Backend):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        """Guards the in-memory records; never held while writing to the store."""
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        """Per-VM write order: a record's store writes happen in the order of its changes."""
         self._domains: dict[VmId, Domain] = {}
         self._next_domid: int | None = None
         self._store: KeyValueStore | None = None
@@ -170,19 +175,36 @@ class Simulator(Backend):
             raise DoesNotExist("domain", vm_id)
         return d
 
-    def _write(self, vm_id: VmId, d: Domain) -> None:
-        self._domains[vm_id] = d
-        if self._store is not None:
-            self._store.write(vm_id, jsontext.dumps(marshal.encode(Domain, d)))
+    def _change(self, vm_id: VmId, change: Callable[[Domain | None], Domain | None]) -> None:
+        """Apply `change` to a VM's record (None: no record) and persist the result.
 
-    def _delete(self, vm_id: VmId) -> None:
-        self._domains.pop(vm_id, None)
-        if self._store is not None:
-            self._store.delete(vm_id)
+        Returning the record unchanged writes nothing. The store write (an fsync)
+        happens outside the global lock, so different VMs persist in parallel.
+        """
+        with self._stripes[hash(vm_id) % _STRIPES]:
+            with self._lock:
+                before = self._domains.get(vm_id)
+                after = change(before)
+                if after is before:
+                    return
+                if after is None:
+                    del self._domains[vm_id]
+                else:
+                    self._domains[vm_id] = after
+            if self._store is None:
+                return
+            if after is None:
+                self._store.delete(vm_id)
+            else:
+                self._store.write(vm_id, jsontext.dumps(marshal.encode(Domain, after)))
 
     def _update(self, vm_id: VmId, change: Callable[[Domain], Domain]) -> None:
-        with self._lock:
-            self._write(vm_id, change(self._read(vm_id)))
+        def existing(d: Domain | None) -> Domain:
+            if d is None:
+                raise DoesNotExist("domain", vm_id)
+            return change(d)
+
+        self._change(vm_id, existing)
 
     def _allocate_domid(self) -> int:
         if self._next_domid is None:
@@ -247,32 +269,28 @@ class Simulator(Backend):
         num_vbds: int,
         num_vifs: int,
     ) -> None:
-        with self._lock:
-            existing = self._domains.get(vm.id)
+        def create(existing: Domain | None) -> Domain:
             if existing is not None:
                 if not existing.suspended:
                     raise AlreadyExists("domain", vm.id)
-                return
-            self._write(
-                vm.id,
-                Domain(
-                    domid=self._allocate_domid(),
-                    uuid=vm.id,
-                    hvm=isinstance(vm.ty, HVM),
-                    paused=True,
-                    built=False,
-                    vcpus=vm.vcpus,
-                    shadow_multiplier=vm.ty.info.shadow_multiplier
-                    if isinstance(vm.ty, HVM)
-                    else 1.0,
-                    memory_dynamic_min=vm.memory_dynamic_min,
-                    memory_dynamic_max=vm.memory_dynamic_max,
-                    qemu_created=False,
-                    suspended=False,
-                    xsdata=dict(vm.xsdata),
-                    last_create_time=time.time(),
-                ),
+                return existing
+            return Domain(
+                domid=self._allocate_domid(),
+                uuid=vm.id,
+                hvm=isinstance(vm.ty, HVM),
+                paused=True,
+                built=False,
+                vcpus=vm.vcpus,
+                shadow_multiplier=vm.ty.info.shadow_multiplier if isinstance(vm.ty, HVM) else 1.0,
+                memory_dynamic_min=vm.memory_dynamic_min,
+                memory_dynamic_max=vm.memory_dynamic_max,
+                qemu_created=False,
+                suspended=False,
+                xsdata=dict(vm.xsdata),
+                last_create_time=time.time(),
             )
+
+        self._change(vm.id, create)
 
     def vm_build(
         self,
@@ -300,18 +318,16 @@ class Simulator(Backend):
         self._update(vm.id, lambda d: replace(d, qemu_created=True))
 
     def vm_destroy_device_model(self, task: TaskContext, vm: Vm) -> None:
-        with self._lock:
-            d = self._domains.get(vm.id)
+        def change(d: Domain | None) -> Domain | None:
             if d is None:
                 logger.warning("simulator.no_device_model", vm=vm.id)
-                return
-            self._write(vm.id, replace(d, qemu_created=False))
+                return None
+            return replace(d, qemu_created=False)
+
+        self._change(vm.id, change)
 
     def vm_destroy(self, task: TaskContext, vm: Vm) -> None:
-        with self._lock:
-            d = self._domains.get(vm.id)
-            if d is not None and not d.suspended:
-                self._delete(vm.id)
+        self._change(vm.id, lambda d: d if d is not None and d.suspended else None)
 
     def vm_pause(self, task: TaskContext, vm: Vm) -> None:
         self._update_built(vm.id, lambda d: replace(d, paused=True))
@@ -453,8 +469,7 @@ class Simulator(Backend):
             d = marshal.decode(Domain, jsontext.loads(state))
         except ValueError as exc:
             raise InternalError(f"Failed to unmarshal Domain.t: {exc}") from None
-        with self._lock:
-            self._write(vm.id, d)
+        self._change(vm.id, lambda _old: d)
 
     @property
     def minimum_reboot_delay(self) -> float:
