@@ -125,8 +125,8 @@ def case_error_mapping() -> None:
     else:
         raise AssertionError("injected failure did not raise")
     # the last error is cleared: the next failure carries only its own text
-    e = expect(xc.XcError, x.domain_pause, 42)
-    assert e.detail == "xc_domain_pause: no domain 42"
+    missing = expect(xc.XcError, x.domain_pause, 42)
+    assert missing.detail == "xc_domain_pause: no domain 42"
     assert any(lv == XTL_ERROR and m == "domain is being migrated" for lv, _, _, m, _ in log.lines)
     x.domain_unpause(0)  # the injection was for one call only
 

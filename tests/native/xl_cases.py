@@ -25,14 +25,14 @@ MOCK.mock_xl_log.restype = ctypes.c_char_p
 
 XTL_DEBUG, XTL_ERROR = 1, 8
 
-HVM = {
+HVM: dict[str, Any] = {
     "c_info": {"type": "hvm", "name": "vm1", "uuid": "c0ffee00-0000-4000-8000-000000000001"},
     "b_info": {"max_vcpus": 2, "max_memkb": 1048576, "target_memkb": 1048576,
                "type.hvm": {"bios": "seabios"}},
     "disks": [{"pdev_path": "/dev/sdb", "vdev": "xvda", "format": "raw", "readwrite": 1}],
     "nics": [{"mac": "00:16:3e:01:02:03", "bridge": "xenbr0"}],
 }
-PV = {"c_info": {"type": "pv", "name": "pv1"},
+PV: dict[str, Any] = {"c_info": {"type": "pv", "name": "pv1"},
       "b_info": {"max_vcpus": 1, "max_memkb": 262144, "type.pv": {"kernel": "/boot/vmlinuz"}}}
 
 
@@ -67,7 +67,8 @@ def context(events: Recorder | None = None) -> tuple[Any, Recorder]:
 
 
 def mock_log() -> list[str]:
-    return MOCK.mock_xl_log().decode().splitlines()
+    text: bytes = MOCK.mock_xl_log()
+    return text.decode().splitlines()
 
 
 def wait_pending(n: int, worker: threading.Thread | None = None) -> None:
@@ -104,7 +105,7 @@ def case_config_json_errors() -> None:
     e = expect(xl.XlError, ctx.domain_config, "{not json")
     assert (e.rc, e.name, e.call, e.errno) == (-3, "ERROR_FAIL",
                                                "libxl_domain_config_from_json", errno.EIO)
-    assert isinstance(e, OSError)
+    assert isinstance(e, OSError) and isinstance(e, xl.XlError)
     assert any(item[0] == XTL_ERROR for item in log.items), log.items  # libxl logged why
     expect(TypeError, ctx.domain_config, 42)
     copy = pickle.loads(pickle.dumps(e))
