@@ -216,9 +216,7 @@ class Engine:
                     if not child.done.wait(limit):
                         child.cancel()
                         child.done.wait(CANCEL_GRACE)
-                        errors.append(
-                            InternalError(f"Timed out while waiting on task {child.id}")
-                        )
+                        errors.append(InternalError(f"Timed out while waiting on task {child.id}"))
             for child, _ in children:
                 if child.error is not None:
                     errors.append(child.error)
