@@ -276,6 +276,8 @@ cdef class Interface:
     def __init__(self, logger=None, int min_level=XTL_INFO):
         cdef xc_interface *h
         cdef _Err e
+        if self.xch != NULL or self.lg != NULL:
+            raise RuntimeError("Interface.__init__ called twice")
         if logger is not None:
             self.lg = logger_new(logger, min_level)
         with nogil:

@@ -426,6 +426,8 @@ cdef class Context:
         cdef libxl_ctx *c = NULL
         cdef int rc
         cdef int fds[2]
+        if self.ctx != NULL or self.lg != NULL:
+            raise RuntimeError("Context.__init__ called twice")
         if logger is not None:
             self.lg = logger_new(logger, min_level)
         with nogil:

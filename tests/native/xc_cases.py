@@ -144,6 +144,8 @@ def case_closed_handle() -> None:
     e = expect(xc.XcError, x.domain_pause, 0)
     assert e.errno == errno.EBADF
     x.close()  # closing twice is harmless
+    y = xc.Interface()
+    expect(RuntimeError, y.__init__)  # a second open would leak the first handle
 
 
 def case_logger_levels_and_threads() -> None:
