@@ -394,3 +394,25 @@ def test_every_record_writer_reads_back() -> None:
     events = read_all(LibxcReader(), v2 + b"".join(records) + libxc.end())
     bodies = [e.body for e in events if isinstance(e, libxc.Record)]
     assert bodies == [r[8 : 8 + struct.unpack_from("<I", r, 4)[0]] for r in records]
+
+
+@pytest.mark.parametrize("index", [0, 1, 511, 1023])
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        (1 << 52, "reserved bits set"),
+        (1 << 55, "reserved bits set"),
+        (1 << 59, "reserved bits set"),
+        (6 << 60, "page type 0x6"),
+        (PageType.L2TAB << 60, "page type 0x2"),
+        (0x2000, "beyond the guest"),
+    ],
+)
+def test_a_bad_word_anywhere_in_a_full_batch_is_found(index: int, word: int, message: str) -> None:
+    words = [pfn_word(p, PageType.XTAB) for p in range(1024)]
+    words[index] = word
+    data = hvm(libxc.page_data(words, bytes(4096) if libxc.carries_data(word) else b""))
+    with pytest.raises(LibxcError, match=rf"pfn\[{index}\]") as info:
+        read_all(LibxcReader(nr_pfns=0x1000), data)
+    assert message in str(info.value)
+    assert info.value.offset == 104 + 16 + 8 * index

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Generator, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -310,7 +311,7 @@ class Record(Event):
 class PageData(Event):
     """A PAGE_DATA record's pfn words; a `PagePayload` (or a direct recv) carries the pages."""
 
-    words: tuple[int, ...]
+    words: array[int]
     payload_length: int
 
     @property
@@ -489,6 +490,37 @@ _MULTIPLE: Final = {
 }
 
 
+def _allowed(domain: DomainType) -> frozenset[int]:
+    return _HVM_NIBBLES if domain == DomainType.X86_HVM else _VALID_NIBBLES
+
+
+def _column_table(bad: Callable[[int], bool]) -> bytes:
+    """A bytes.translate table: 1 for the byte values `bad` picks, else 0."""
+    return bytes(1 if bad(v) else 0 for v in range(256))
+
+
+_HVM_BAD_TOP: Final = _column_table(lambda v: v >> 4 not in _HVM_NIBBLES or bool(v & 0xF))
+_PV_BAD_TOP: Final = _column_table(lambda v: v >> 4 not in _VALID_NIBBLES or bool(v & 0xF))
+_HIGH_NIBBLE: Final = _column_table(lambda v: bool(v & 0xF0))
+_LOW_NIBBLE: Final = bytes(v & 0xF for v in range(256))
+_CARRIES_DATA: Final = _column_table(lambda v: (v >> 4) & 7 <= 4)
+
+
+def _bad_word(
+    b: int, words: array[int], allowed: frozenset[int], nr_pfns: int | None
+) -> None:
+    """Find and report the first offending pfn word (the slow path, errors only)."""
+    for i, word in enumerate(words):
+        where = b + 8 + 8 * i
+        if word & RESERVED_PFN_BITS:
+            raise LibxcError(where, f"reserved bits set in pfn[{i}] ({word:#x})")
+        if word >> 60 not in allowed:
+            raise LibxcError(where, f"page type {word >> 60:#x} of pfn[{i}] is invalid here")
+        pfn = word & PFN_MASK
+        if nr_pfns is not None and pfn >= nr_pfns:
+            raise LibxcError(where, f"pfn[{i}] {pfn:#x} is beyond the guest's {nr_pfns:#x} pfns")
+
+
 def _check_length(at: int, kind: RecordType, length: int) -> None:
     """Length rules that can be checked before waiting for the body."""
     fixed = _FIXED_LENGTH.get(kind)
@@ -583,20 +615,20 @@ def _page_data(
     if not 8 + 8 * count <= length <= 8 + 8 * count + PAGE_SIZE * count:
         raise err(at + 4, f"PAGE_DATA length {length} cannot hold {count} pfns")
     raw = yield from inp.take(8 * count, "the PAGE_DATA pfn array", err)
-    words = struct.unpack(f"<{count}Q", raw)
-    pages = 0
-    allowed = _HVM_NIBBLES if domain == DomainType.X86_HVM else _VALID_NIBBLES
-    for i, word in enumerate(words):
-        nibble = word >> 60
-        if word & RESERVED_PFN_BITS:
-            raise err(b + 8 + 8 * i, f"reserved bits set in pfn[{i}] ({word:#x})")
-        if nibble not in allowed:
-            raise err(b + 8 + 8 * i, f"page type {nibble:#x} of pfn[{i}] is invalid here")
-        pfn = word & PFN_MASK
-        if nr_pfns is not None and pfn >= nr_pfns:
-            raise err(b + 8 + 8 * i, f"pfn[{i}] {pfn:#x} is beyond the guest's {nr_pfns:#x} pfns")
-        if nibble & 7 <= 4:
-            pages += 1
+    words = array("Q", raw)
+    # Checked a byte column at a time (C speed): byte 7 of each LE word holds the
+    # type nibble and reserved bits 56-59, byte 6 reserved bits 52-55 in its top half.
+    top, next_top = raw[7::8], raw[6::8]
+    bad = _HVM_BAD_TOP if domain == DomainType.X86_HVM else _PV_BAD_TOP
+    beyond = False
+    if nr_pfns is not None:
+        pfns = bytearray(raw)
+        pfns[7::8] = bytes(count)
+        pfns[6::8] = next_top.translate(_LOW_NIBBLE)
+        beyond = max(array("Q", pfns)) >= nr_pfns
+    if beyond or any(top.translate(bad)) or any(next_top.translate(_HIGH_NIBBLE)):
+        _bad_word(b, words, _allowed(domain), nr_pfns)
+    pages = top.translate(_CARRIES_DATA).count(1)
     payload = PAGE_SIZE * pages
     if length != 8 + 8 * count + payload:
         raise err(at + 4, f"PAGE_DATA length {length}, expected {8 + 8 * count + payload}")

@@ -9,7 +9,6 @@ suspend image, or the next libxl record) as upstream's restore requires.
 from __future__ import annotations
 
 import os
-from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,7 +57,7 @@ def receive(
             out.pages += step.data_pages
             if mem is not None and io is not None and step.payload_length:
                 try:
-                    io.recv_pages(fd, mem, array("Q", step.words))
+                    io.recv_pages(fd, mem, step.words)
                 except EOFError as exc:
                     raise LibxcError(reader.offset, f"truncated: {exc}") from None
                 reader.payload_delivered()
