@@ -10,7 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.daemon import start_daemon
-from tests.integration.engine_helpers import make_vbd, make_vif, make_vm, success, wait_task
+from tests.integration.engine_helpers import (
+    make_vbd,
+    make_vif,
+    make_vm,
+    run_all,
+    success,
+    wait_all,
+    wait_task,
+)
 from xenopsd.api.updates import VbdUpdate, VmUpdate
 from xenopsd.api.vm import PowerState
 from xenopsd.rpc.client import Client, TransportError
@@ -20,12 +28,12 @@ def test_kill_9_during_100_operations(tmp_path: Path) -> None:
     daemon = start_daemon(tmp_path)
     client = daemon.json()
     ids = [f"crash{i:03}" for i in range(100)]
-    for i in ids:
-        client.call("VM.add", vm=make_vm(i))
-        client.call("VBD.add", vbd=make_vbd(i, "xvda"))
-        client.call("VIF.add", vif=make_vif(i, 0))
-    for i in ids[:50]:
-        success(client, client.call("VM.start", id=i, paused=False))
+    run_all(daemon.json, [("VM.add", {"vm": make_vm(i)}) for i in ids])
+    run_all(daemon.json, [("VBD.add", {"vbd": make_vbd(i, "xvda")}) for i in ids])
+    run_all(daemon.json, [("VIF.add", {"vif": make_vif(i, 0)}) for i in ids])
+    wait_all(
+        client, run_all(daemon.json, [("VM.start", {"id": i, "paused": False}) for i in ids[:50]])
+    )
 
     issued = 0
     lock = threading.Lock()
