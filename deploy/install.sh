@@ -47,7 +47,8 @@ fi
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$TMPFILESDIR" "$DESTDIR$SYSCONFDIR" \
     "$DESTDIR$SYSCONFDIR/xenopsd.conf.d" "$DESTDIR$DOCDIR"
 for unit in "$here"/systemd/*.service; do
-    sed -e "s|@BINDIR@|$BINDIR|g" -e "s|@DOCDIR@|$DOCDIR|g" "$unit" \
+    sed -e "s|@BINDIR@|$BINDIR|g" -e "s|@DOCDIR@|$DOCDIR|g" \
+        -e "s|@SYSCONFDIR@|$SYSCONFDIR|g" "$unit" \
         > "$DESTDIR$UNITDIR/$(basename "$unit")"
     chmod 0644 "$DESTDIR$UNITDIR/$(basename "$unit")"
 done
