@@ -302,6 +302,20 @@ def test_handshake_and_classic_unplug(hv: EmuHypervisor, xs: Client, device: str
     hv.domain_destroy(g.domid)
 
 
+def test_backend_closing_while_online_reconnects(hv: EmuHypervisor,
+                                                 native_xs: Client) -> None:
+    xs = native_xs
+    g = start_domain(hv, xs)
+    be, fe = add_vbd(xs, g, devid=832), f"{g.home}/device/vbd/832"
+    _connected(xs, be, fe)
+    xs.write(f"{be}/state", "5")  # a backend restart: closes, stays online
+    eventually(lambda: hv.console_read(g.domid).count("vbd/832 connected") == 2)
+    assert "vbd/832 closed" in hv.console_read(g.domid)
+    _connected(xs, be, fe)
+    assert xs.read(f"{be}/hotplug-status") == b"connected"
+    hv.domain_destroy(g.domid)
+
+
 def test_shutdown_request_unplug(hv: EmuHypervisor, xs: Client) -> None:
     g = start_domain(hv, xs)
     be, fe = add_vbd(xs, g, devid=51728), f"{g.home}/device/vbd/51728"

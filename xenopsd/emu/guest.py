@@ -206,10 +206,14 @@ class Guest:
                 self.say(f"xenbus: {fe.kind}/{fe.devid} connected")
                 if fe.kind == "vif" and self.dom.guest.agent:
                     self._announce_ip(fe.devid)
-            elif be_state in (CLOSING, CLOSED) and state not in (CLOSING, CLOSED):
+            elif be_state in (CLOSING, CLOSED) and state in (INITIALISED, CONNECTED):
                 xs.write(f"{path}/state", str(CLOSING))
                 xs.write(f"{path}/state", str(CLOSED))
                 self.say(f"xenbus: {fe.kind}/{fe.devid} closed")
+            elif (be_state == CLOSED and state == CLOSED
+                  and xs.read_or(f"{fe.backend}/online") == "1"):
+                # The backend closed but stays online (it restarted): start over.
+                xs.write(f"{path}/state", str(INITIALISING))
         except XenstoreError as exc:
             self._device_error(fe, f"frontend write failed: {exc}")
 

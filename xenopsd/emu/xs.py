@@ -27,6 +27,7 @@ from xenopsd.xenstore.store import Store
 logger = log.get(__name__)
 
 MAX_PENDING_EVENTS = 4096
+DELIVERY_BATCH = 64
 
 
 class LocalXs:
@@ -75,8 +76,11 @@ class LocalXs:
             asyncio.get_running_loop().call_soon(self._deliver)
 
     def _deliver(self) -> None:
+        """Hand over at most one batch, then yield the loop to everyone else."""
         self._scheduled = False
-        while self._events and not self._conn.closed:
+        for _ in range(DELIVERY_BATCH):
+            if not self._events or self._conn.closed:
+                return
             event = self._events.popleft()
             self._pending.discard(event)
             try:
@@ -84,6 +88,9 @@ class LocalXs:
             except Exception:
                 logger.exception("emulated actor failed on a watch event", domid=self.domid,
                                  path=event[0])
+        if self._events and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._deliver)
 
     def _call(self, op: Op, args: list[bytes], path: str = "") -> bytes:
         if self._conn.closed:
