@@ -129,8 +129,13 @@ MEMORY_SLACK_KIB = 1024  # room above static-max for the rings and special pages
 
 DOMAINS_TOKEN = "xenopsd-xc:domains"
 DOMAIN_TOKEN = "xenopsd-xc:domain-"
+BACKENDS_TOKEN = "xenopsd-xc:backends"
+BACKEND_ROOT = "/local/domain/0/backend"
 DOMAIN_WATCHES = ("attr", "data", "control", "memory/target", "memory/uncooperative",
-                  "console", "vm-data", "feature", "xenserver/attr", "qemu-pid-signal")
+                  "console", "vm-data", "feature", "xenserver/attr", "qemu-pid-signal", "rrd")
+DEVICE_KINDS = ("vbd", "vbd3", "qdisk", "vif")
+BACKEND_KEYS = ("kthread-pid", "tapdisk-pid", "shutdown-done", "hotplug-status", "params",
+                "state")
 GUEST_WRITABLE = ("device", "device/vbd", "device/vif", "device/9pfs", "feature", "error",
                   "drivers", "control", "attr", "xenserver/attr", "data", "messages",
                   "vm-data", "hvmloader", "rrd")
@@ -257,7 +262,7 @@ class Xc(Backend):
         self._extras: dict[VmId, Extra] = {}
         self._by_uuid: dict[uuid.UUID, VmId] = {}
         self._known: dict[int, tuple[uuid.UUID, bool, int]] = {}
-        self._watched: dict[int, list[str]] = {}
+        self._watched: set[int] = set()
         self._events = Events(self.xs, self._on_event)
 
     # ---- start-up and the domain watcher (spec §16.1, §16.6) ----------------
@@ -280,6 +285,7 @@ class Xc(Backend):
         self._events.start()
         self.xs.watch("@introduceDomain", DOMAINS_TOKEN)
         self.xs.watch("@releaseDomain", DOMAINS_TOKEN)
+        self.xs.watch(BACKEND_ROOT, BACKENDS_TOKEN)
         self._refresh_domains()
 
     def _write_dom0_keys(self) -> None:
@@ -306,6 +312,8 @@ class Xc(Backend):
     def _on_event(self, event: WatchEvent) -> None:
         if event.token == DOMAINS_TOKEN:
             self._refresh_domains()
+        elif event.token == BACKENDS_TOKEN:
+            self._backend_event(event.path)
         elif event.token.startswith(DOMAIN_TOKEN):
             self._domain_event(int(event.token[len(DOMAIN_TOKEN):]), event.path)
 
@@ -334,39 +342,47 @@ class Xc(Backend):
                 self._notify(VmUpdate(vm_id))
 
     def _watch_domain(self, domid: int) -> None:
+        """One recursive watch per domain, filtered here: a watch per key
+        would multiply the watches xenstored checks on every write."""
         if domid in self._watched:
             return
-        paths = [f"/local/domain/{domid}/{p}" for p in DOMAIN_WATCHES]
-        paths += [f"/local/domain/0/backend/{k}/{domid}" for k in ("vbd", "vbd3", "qdisk", "vif")]
-        self._watched[domid] = paths
-        token = f"{DOMAIN_TOKEN}{domid}"
-        for path in paths:
-            with contextlib.suppress(XenstoreError):
-                self.xs.watch(path, token)
+        self._watched.add(domid)
+        with contextlib.suppress(XenstoreError):
+            self.xs.watch(f"/local/domain/{domid}", f"{DOMAIN_TOKEN}{domid}")
 
     def _unwatch_domain(self, domid: int) -> None:
-        token = f"{DOMAIN_TOKEN}{domid}"
-        for path in self._watched.pop(domid, []):
+        if domid in self._watched:
+            self._watched.discard(domid)
             with contextlib.suppress(XenstoreError):
-                self.xs.unwatch(path, token)
+                self.xs.unwatch(f"/local/domain/{domid}", f"{DOMAIN_TOKEN}{domid}")
 
-    def _domain_event(self, domid: int, path: str) -> None:
+    def _vm_of_domid(self, domid: int) -> VmId | None:
         with self._lock:
             known = self._known.get(domid)
-            vm_id = self._by_uuid.get(known[0]) if known else None
+            return self._by_uuid.get(known[0]) if known else None
+
+    def _domain_event(self, domid: int, path: str) -> None:
+        rel = path[len(f"/local/domain/{domid}/"):]
+        if not any(rel == p or rel.startswith(p + "/") for p in DOMAIN_WATCHES):
+            return
+        vm_id = self._vm_of_domid(domid)
+        if vm_id is not None:
+            self._notify(VmUpdate(vm_id))
+
+    def _backend_event(self, path: str) -> None:
+        """A device's backend changed a key that matters (spec §16.6): a device event."""
+        parts = path[len(BACKEND_ROOT) + 1:].split("/")
+        if len(parts) < 4 or parts[0] not in DEVICE_KINDS or parts[3] not in BACKEND_KEYS \
+                or not (parts[1].isdigit() and parts[2].isdigit()):
+            return
+        fe = int(parts[1])
+        vm_id = self._vm_of_domid(fe)
         if vm_id is None:
             return
-        prefix = "/local/domain/0/backend/"
-        if path.startswith(prefix):
-            parts = path[len(prefix):].split("/")
-            if len(parts) >= 3 and parts[2].isdigit():
-                fkind = "vif" if parts[0] == "vif" else "vbd"
-                dev = Dev(fkind, parts[0], domid, int(parts[2]))
-                name = self._device_name(vm_uuid(vm_id), dev)
-                if name is not None:
-                    self._notify((VifUpdate if fkind == "vif" else VbdUpdate)((vm_id, name)))
-            return
-        self._notify(VmUpdate(vm_id))
+        fkind = "vif" if parts[0] == "vif" else "vbd"
+        name = self._device_name(vm_uuid(vm_id), Dev(fkind, parts[0], fe, int(parts[2])))
+        if name is not None:
+            self._notify((VifUpdate if fkind == "vif" else VbdUpdate)((vm_id, name)))
 
     # ---- the extra record and domain lookup --------------------------------
 
