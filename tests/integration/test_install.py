@@ -138,8 +138,8 @@ def test_the_installed_units_run_the_daemon_with_restrictive_sockets(
     (tmp_path / "hooks").mkdir()
     proc = subprocess.Popen(relocated, stderr=subprocess.DEVNULL)
     try:
-        wait_for_socket(str(tmp_path / "s" / "xenopsd"), proc)
         for name in ("xenopsd", "xenopsd.json"):
+            wait_for_socket(str(tmp_path / "s" / name), proc)
             st = (tmp_path / "s" / name).stat()
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
             assert st.st_uid == os.geteuid()
