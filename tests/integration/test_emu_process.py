@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,19 @@ def test_sigterm_stops_cleanly_with_domains_running() -> None:
     rundir = Path(tempfile.mkdtemp(prefix="emu", dir="/tmp"))
     try:
         emu = start_emulator(rundir)
-        with emu.client() as hv, open_client("native", emu.xenstored_path) as xs:
+        with emu.client() as hv, open_client("native", emu.xenstored_path) as xs, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
             g = start_domain(hv, xs)
             add_vif(xs, g)
-            hv.device_model_start(g.domid)
+            qmp.connect(hv.device_model_start(g.domid))
             hv.guest_config(g.domid, workload_rate=500.0)
-        assert emu.stop(signal.SIGTERM) == 0
+            xs.watch("@releaseDomain", "still-watching")
+            mapping = hv.map_memory(g.domid)
+            mapping.frame(0)[0:4] = b"keep"
+            # every kind of client is still connected when the signal comes
+            assert emu.stop(signal.SIGTERM) == 0
+            assert bytes(mapping.frame(0)[0:4]) == b"keep", "a mapping outlives the host"
+            mapping.close()
         assert not (rundir / "xenstored.sock").exists()
         assert not (rundir / "control.sock").exists()
         assert not (rundir / f"qmp-{g.domid}").exists()
