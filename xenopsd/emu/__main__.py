@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from xenopsd.emu.host import Host
 from xenopsd.emu.service import Emulator
 
 logger = log.get(__name__)
+
+PARENT_POLL = 1.0
 
 
 def _positive(text: str) -> int:
@@ -36,8 +39,27 @@ async def _run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await emulator.start()
+    watcher = None
+    if args.parent_pid:
+        watcher = loop.create_task(_watch_parent(args.parent_pid, stop))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     await emulator.stop()
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Tests pass their pid so that a killed test run leaves no host behind."""
+    while True:
+        await asyncio.sleep(PARENT_POLL)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            logger.warning("parent process gone, stopping", pid=pid)
+            stop.set()
+            return
+        except PermissionError:
+            continue
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="guest-physical address space of each domain")
     parser.add_argument("--feature-shutdown-request", action="store_true",
                         help="dom0 advertises control/feature-shutdown-request")
+    parser.add_argument("--parent-pid", type=_positive,
+                        help="stop when this process is gone (for test harnesses)")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     log.configure(args.log_level)

@@ -80,7 +80,8 @@ def start_emulator(rundir: Path, *extra: str, log_path: Path | None = None) -> E
     log = open(log_path or rundir / "emu.log", "ab")  # noqa: SIM115 - the child owns it
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "xenopsd.emu", "--rundir", str(rundir), *extra],
+            [sys.executable, "-m", "xenopsd.emu", "--rundir", str(rundir),
+             "--parent-pid", str(os.getpid()), *extra],
             stdout=log, stderr=log, start_new_session=True,
         )
     finally:
