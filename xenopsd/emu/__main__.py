@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -29,7 +30,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _raise_fd_limit() -> None:
+    """Every domain holds two memfds and every client a socket: a host with
+    hundreds of domains needs more than the usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _run(args: argparse.Namespace) -> None:
+    _raise_fd_limit()
     rundir = Path(args.rundir)
     rundir.mkdir(parents=True, exist_ok=True)
     host = Host(nr_cpus=args.cpus, memory_mib=args.memory_mib, space_mib=args.guest_space_mib)
