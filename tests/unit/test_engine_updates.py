@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
-from xenopsd.api.updates import TaskUpdate, VbdUpdate, VmUpdate
+from xenopsd.api.updates import TaskUpdate, UpdatesResult, VbdUpdate, VmUpdate
 from xenopsd.server.updates import Updates
+
+
+def get(u: Updates, last: int | None, timeout: float) -> UpdatesResult:
+    return asyncio.run(u.get_async(last, timeout))
 
 
 def test_ids_coalesce_and_come_in_event_order() -> None:
@@ -14,9 +17,9 @@ def test_ids_coalesce_and_come_in_event_order() -> None:
     u.add(VmUpdate("a"))
     u.add(VmUpdate("b"))
     u.add(VmUpdate("a"))
-    assert u.get(None, 0) == ([], [VmUpdate("b"), VmUpdate("a")], 3)
-    assert u.get(2, 0) == ([], [VmUpdate("a")], 3)
-    assert u.get(3, 0) == ([], [], 3)
+    assert get(u, None, 0) == ([], [VmUpdate("b"), VmUpdate("a")], 3)
+    assert get(u, 2, 0) == ([], [VmUpdate("a")], 3)
+    assert get(u, 3, 0) == ([], [], 3)
     assert u.last_id() == 3
 
 
@@ -25,7 +28,7 @@ def test_removal_moves_the_counter_but_reports_nothing() -> None:
     u.add(TaskUpdate("1"))
     u.remove(TaskUpdate("1"))
     assert u.last_id() == 2
-    assert u.get(None, 0) == ([], [], 0)
+    assert get(u, None, 0) == ([], [], 0)
 
 
 def test_barriers_snapshot_one_vm_and_come_oldest_first() -> None:
@@ -36,23 +39,13 @@ def test_barriers_snapshot_one_vm_and_come_oldest_first() -> None:
     u.add(TaskUpdate("7"))  # 4
     u.inject_barrier("a", 10)  # event 5
     u.inject_barrier("b", 11)  # event 6
-    barriers, ids, last = u.get(1, 0)
+    barriers, ids, last = get(u, 1, 0)
     assert barriers == [(10, [VbdUpdate(("a", "xvda"))]), (11, [VmUpdate("b")])]
     assert ids == [VbdUpdate(("a", "xvda")), VmUpdate("b"), TaskUpdate("7")]
     assert last == 6
-    assert u.get(6, 0) == ([], [], 6)
+    assert get(u, 6, 0) == ([], [], 6)
     u.remove_barrier(10)
-    assert [b for b, _ in u.get(None, 0)[0]] == [11]
-
-
-def test_blocking_get_wakes_on_change() -> None:
-    u = Updates()
-    result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(u.get(0, None)))
-    t.start()
-    u.add(VmUpdate("x"))
-    t.join(30)
-    assert result == [([], [VmUpdate("x")], 1)]
+    assert [b for b, _ in get(u, None, 0)[0]] == [11]
 
 
 def test_async_get_wakes_every_waiter_and_times_out() -> None:
@@ -61,6 +54,7 @@ def test_async_get_wakes_every_waiter_and_times_out() -> None:
     async def main() -> None:
         waiters = [asyncio.create_task(u.get_async(0, None)) for _ in range(100)]
         await asyncio.sleep(0)
+        # from an engine thread, as in the daemon
         await asyncio.to_thread(u.add, VmUpdate("x"))
         results = await asyncio.gather(*waiters)
         assert all(r == ([], [VmUpdate("x")], 1) for r in results)

@@ -4,19 +4,16 @@ An object appears once however often it changed (its entry moves to the
 newest number), so a slow client cannot make the daemon's memory grow: the
 map holds at most one entry per live object, plus client barriers.
 
-Readers block in two ways: threads (internal waits) on a condition
-variable, and `UPDATES.get` coroutines on the daemon's event loop, which
-are woken with one `call_soon_threadsafe` per loop per burst of changes
-instead of one per waiting client, so 1,000 long-polling clients cost
-1,000 futures, not 1,000 threads.
+Readers are `UPDATES.get` coroutines on the daemon's event loop. Writers
+run on engine threads and wake them with one `call_soon_threadsafe` per
+loop per burst of changes, not one per waiting client, so 1,000
+long-polling clients cost 1,000 futures, not 1,000 threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenopsd.api.updates import Barrier, DynamicId, TaskUpdate, UpdatesResult, VmUpdate
@@ -41,7 +38,7 @@ class _Barrier:
 
 class Updates:
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._map: dict[DynamicId, int] = {}
         """Kept in event-number order: an update moves its key to the end."""
         self._barriers: list[_Barrier] = []
@@ -53,7 +50,6 @@ class Updates:
     # Writers
     def _changed(self) -> None:
         """Called with the lock held, after `_next` moved."""
-        self._cond.notify_all()
         closed = []
         for loop in self._loops:
             if loop not in self._pulse_pending:
@@ -67,7 +63,7 @@ class Updates:
             del self._loops[loop]
 
     def _pulse(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._cond:
+        with self._lock:
             self._pulse_pending.discard(loop)
             event = self._loops.get(loop)
             if event is None:
@@ -76,7 +72,7 @@ class Updates:
         event.set()
 
     def add(self, x: DynamicId) -> None:
-        with self._cond:
+        with self._lock:
             self._map.pop(x, None)
             self._map[x] = self._next
             self._next += 1
@@ -84,36 +80,27 @@ class Updates:
 
     def remove(self, x: DynamicId) -> None:
         """Forget `x`; the counter moves even if it was absent, as upstream's does."""
-        with self._cond:
+        with self._lock:
             self._map.pop(x, None)
             self._next += 1
             self._changed()
 
-    def remove_where(self, predicate: Callable[[DynamicId], bool]) -> None:
-        with self._cond:
-            gone = [x for x in self._map if predicate(x)]
-            for x in gone:
-                del self._map[x]
-            if gone:
-                self._next += 1
-                self._changed()
-
     def inject_barrier(self, vm_id: str, token: int) -> None:
-        with self._cond:
+        with self._lock:
             snapshot = {x: n for x, n in self._map.items() if belongs_to(vm_id, x)}
             self._barriers.append(_Barrier(token, snapshot, self._next))
             self._next += 1
             self._changed()
 
     def remove_barrier(self, token: int) -> None:
-        with self._cond:
+        with self._lock:
             self._barriers = [b for b in self._barriers if b.token != token]
             self._next += 1
             self._changed()
 
     # Readers
     def last_id(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._next - 1
 
     def _collect(self, last: int) -> UpdatesResult | None:
@@ -137,27 +124,13 @@ class Updates:
             return None
         return barriers, ids, new_last
 
-    def get(self, last: int | None, timeout: float | None) -> UpdatesResult:
-        """Blocking read for threads."""
-        start = last or 0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                result = self._collect(start)
-                if result is not None:
-                    return result
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return [], [], start
-                self._cond.wait(remaining)
-
     async def get_async(self, last: int | None, timeout: float | None) -> UpdatesResult:
         """Blocking read for coroutines on one event loop."""
         start = last or 0
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            with self._cond:
+            with self._lock:
                 result = self._collect(start)
                 if result is not None:
                     return result
@@ -174,5 +147,5 @@ class Updates:
 
     def snapshot(self) -> tuple[list[tuple[DynamicId, int]], list[int]]:
         """For diagnostics: the map and the barrier tokens."""
-        with self._cond:
+        with self._lock:
             return list(self._map.items()), [b.token for b in self._barriers]
