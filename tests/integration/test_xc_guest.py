@@ -85,8 +85,9 @@ def test_guest_reboot_restarts_in_a_new_domain(host: XcHost) -> None:
     vid, domid = running_vm(c)
     with host.emu.client() as emu:
         emu.domain_shutdown(domid, ShutdownReason.REBOOT)
-    until(c, vid, lambda s: s.domids not in ([], [domid]) and s.power_state is PowerState.Running)
-    assert c.call("VBD.stat", id=(vid, "xvda"))[1].plugged
+    # VM.stat says Running throughout a reboot: wait for the new domain's disk too
+    until(c, vid, lambda s: s.domids not in ([], [domid]) and s.power_state is PowerState.Running
+          and c.call("VBD.stat", id=(vid, "xvda"))[1].plugged)
     success(c, c.call("VM.shutdown", id=vid, delay=None))
 
 

@@ -379,6 +379,12 @@ class Xc(Backend):
         vm_id = self._vm_of_domid(fe)
         if vm_id is None:
             return
+        if parts[3] in ("state", "hotplug-status"):
+            # only a device going away needs the engine; a plug's own steps do not
+            value = self._read(path)
+            if (parts[3] == "state" and value not in ("5", CLOSED)) or \
+                    (parts[3] == "hotplug-status" and value is not None):
+                return
         fkind = "vif" if parts[0] == "vif" else "vbd"
         name = self._device_name(vm_uuid(vm_id), Dev(fkind, parts[0], fe, int(parts[2])))
         if name is not None:
