@@ -138,6 +138,31 @@ def test_cancelled_plug_leaves_the_vm_manageable(host: XcHost) -> None:
     success(c, c.call("VM.shutdown", id=vid, delay=30.0))
 
 
+def test_domain_dying_under_a_plug_ends_its_wait(host: XcHost) -> None:
+    """The wait does not sit out its 300 s timeout: the domain's cancel paths go with it."""
+    c = host.daemon.json()
+    vid, domid = running_vm(c)
+    success(c, c.call("VBD.unplug", id=(vid, "xvdb"), force=False))
+    with host.emu.client() as emu, host.xenstore() as xs:
+        emu.fault_backend("hang", kind="vbd", domid=domid, devid=XVDB)
+        task = c.call("VBD.plug", id=(vid, "xvdb"))
+        deadline = time.monotonic() + 30
+        while not xs.exists(f"/xenops/tasks/{domid}/vbd/{XVDB}/cancel"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        emu.domain_destroy(domid)  # killed from outside, as `xl destroy` would
+        err = failure(c, task)
+        assert isinstance(err, InternalError) and "went away" in err.message
+        emu.fault_clear()
+    deadline = time.monotonic() + 30
+    while c.call("VM.stat", id=vid)[1].power_state is not PowerState.Halted:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not c.call("VBD.stat", id=(vid, "xvdb"))[1].plugged
+    success(c, c.call("VM.start", id=vid, paused=False))
+    success(c, c.call("VM.shutdown", id=vid, delay=None))
+
+
 def test_vcpus_memory_xsdata_and_guest_agent(host: XcHost) -> None:
     c = host.daemon.json()
     vid, domid = running_vm(c)

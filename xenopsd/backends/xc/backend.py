@@ -328,6 +328,7 @@ class Xc(Backend):
         for domid in set(before) | set(now):
             if before.get(domid) == now.get(domid):
                 continue
+            self._abort_waits(domid, before.get(domid), now.get(domid))
             handle = (now.get(domid) or before[domid])[0]
             vm_id = by_uuid.get(handle)
             if vm_id is None and domid in before:
@@ -340,6 +341,20 @@ class Xc(Backend):
                 self._unwatch_domain(domid)
             if vm_id is not None:
                 self._notify(VmUpdate(vm_id))
+
+    def _abort_waits(self, domid: int, before: tuple[uuid.UUID, bool, int] | None,
+                     now: tuple[uuid.UUID, bool, int] | None) -> None:
+        """Upstream's "shutdown paths" (spec §16.5), done by their effect: a
+        domain that is gone takes its cancel paths with it, so every wait on
+        it ends at once; one that shut down has any pending shutdown request
+        deleted, which its acknowledgement wait takes as done."""
+        try:
+            if now is None:
+                self._rm(f"/xenops/tasks/{domid}")
+            elif now[1] and not (before and before[1]):
+                self._rm(f"/local/domain/{domid}/control/shutdown")
+        except XenstoreError as exc:
+            logger.warning("xc.abort_waits_failed", domid=domid, error=str(exc))
 
     def _watch_domain(self, domid: int) -> None:
         """One recursive watch per domain, filtered here: a watch per key
