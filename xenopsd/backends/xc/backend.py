@@ -5,7 +5,7 @@ never only in this process, so a daemon killed with `kill -9` loses nothing:
 the next one lists the domains, matches their handles (the VM's UUID) with
 the `extra` records kept in the metadata store, and carries on (spec §11).
 The private `extra` record holds what neither Xen nor xenstore can tell:
-the VM id behind a handle, when the domain was created, whether it built.
+the VM id behind a handle and when the domain was created.
 
 The xenstore layout and the handshakes are upstream's (spec §16.3, §16.4),
 so that dom0 tools, guests and the emulated backends see what they would see
@@ -42,7 +42,6 @@ from xenopsd.api.devices import (
     PciState,
     PvsProxy,
     RemoteNetwork,
-    SriovNetwork,
     Static4,
     Static6,
     Vbd,
@@ -163,7 +162,6 @@ ACTION_OF_CODE = {
 CLOSED = "6"
 DEFAULT_VBD_BACKEND_KIND = "vbd"
 _ID_NAMESPACE = uuid.UUID("3f1b0c1e-6a3e-4c55-9f4e-1c2b8d9e0a71")
-_RO = "r"
 
 
 def vm_uuid(vm_id: VmId) -> uuid.UUID:
@@ -183,7 +181,6 @@ class Extra:
     domid: int
     hvm: bool
     create_time: float
-    built: bool = False
     shadow_multiplier: float = 1.0
     suspend_memory_bytes: int = 0
 
@@ -259,6 +256,7 @@ class Xc(Backend):
         self._notify: Notify = lambda _id: None
         self._lock = threading.Lock()
         self._device_lock = threading.Lock()  # device trees: one transaction at a time
+        self._refresh_lock = threading.Lock()  # start-up and the event thread both refresh
         self._extras: dict[VmId, Extra] = {}
         self._by_uuid: dict[uuid.UUID, VmId] = {}
         self._known: dict[int, tuple[uuid.UUID, bool, int]] = {}
@@ -320,6 +318,10 @@ class Xc(Backend):
     def _refresh_domains(self) -> None:
         """Diff the domain list with the last one; tell the engine about every
         managed domain that appeared, went away or changed its shutdown state."""
+        with self._refresh_lock:
+            self._refresh_domains_locked()
+
+    def _refresh_domains_locked(self) -> None:
         infos = {i.domid: i for i in self.hv.domain_getinfolist() if i.domid > 0}
         now = {d: (i.handle, i.shutdown, i.shutdown_code) for d, i in infos.items()}
         with self._lock:
@@ -587,7 +589,7 @@ class Xc(Backend):
         """The domain's xenstore tree of spec §16.3, written in one transaction;
         `action-request=poweroff` marks it half-built until the start ends."""
         home, vmp = f"/local/domain/{domid}", f"/vm/{handle}"
-        ro: list[Perm] = [("n", 0), (_RO, domid)]
+        ro: list[Perm] = [("n", 0), ("r", domid)]
         self._mkdir(home, ro, tx)
         self._mkdir(vmp, ro, tx)
         self._write_all(vmp, {"uuid": str(handle), "name": vm.name,
@@ -659,9 +661,6 @@ class Xc(Backend):
 
         self.xs.transaction(body)
         self.xs.introduce_domain(domid, rings.store_mfn, store_port)
-        extra = self._extra(vm.id)
-        if extra is not None:
-            self._save_extra(dataclasses.replace(extra, built=True))
 
     def vm_create_device_model(self, task: TaskContext, vm: Vm, vbds: list[Vbd],
                                vifs: list[Vif], vgpus: list[Vgpu], vusbs: list[Vusb],
@@ -1061,10 +1060,10 @@ class Xc(Backend):
         def body(tx: int) -> None:
             if self.xs.exists(dev.mirror, tx):
                 raise AlreadyExists(dev.fkind, str(dev.devid))
-            self._mkdir(dev.frontend, [("n", dev.fe), (_RO, dev.be)], tx)
+            self._mkdir(dev.frontend, [("n", dev.fe), ("r", dev.be)], tx)
             self._write_all(dev.frontend, {"backend": dev.backend, "backend-id": str(dev.be),
                                            "state": "1", **front}, tx)
-            self._mkdir(dev.backend, [("n", dev.be), (_RO, dev.fe)], tx)
+            self._mkdir(dev.backend, [("n", dev.be), ("r", dev.fe)], tx)
             self._write_all(dev.backend, {"frontend": dev.frontend,
                                           "frontend-id": str(dev.fe), "online": "1",
                                           "state": "1", **back}, tx)
@@ -1543,11 +1542,8 @@ def _disk_of_json(text: str) -> Disk | None:
 
 
 def _bridge(network: Network) -> str:
-    if isinstance(network, LocalNetwork | RemoteNetwork):
-        return network.bridge
-    if isinstance(network, SriovNetwork):
-        return ""
-    return ""
+    """SR-IOV VIFs have no bridge."""
+    return network.bridge if isinstance(network, LocalNetwork | RemoteNetwork) else ""
 
 
 def _carrier(vif: Vif) -> bool:
