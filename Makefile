@@ -40,8 +40,9 @@ lint: deps
 	$(PYTHON) -m ruff check xenopsd tests bench
 	$(PYTHON) -m mypy
 
-# A demo host: the daemon (simulator backend) on $(RUNDIR)/sockets with a few
-# VMs started, in the foreground until Ctrl-C; it prints how to use xenops-cli.
+# A demo host: an emulated Xen host with xenopsd's xc backend on it, on
+# $(RUNDIR)/sockets, with a few VMs started, in the foreground until Ctrl-C; it
+# prints how to use xenops-cli. BACKEND=simulator: the simulator instead.
 run: deps
 	RUNDIR=$(RUNDIR) PYTHON=$(PYTHON) sh deploy/demo.sh
 
