@@ -30,6 +30,7 @@ TMPFILESDIR=${TMPFILESDIR:-/etc/tmpfiles.d}
 PYTHON=${PYTHON:-python3}
 BINDIR=$PREFIX/bin
 DOCDIR=$PREFIX/share/doc/xenopsd
+PYTHON_BIN=$BINDIR/python3  # the package's interpreter, for `python3 -m xenopsd.emu`
 
 if [ "${SKIP_PYTHON:-0}" != 1 ]; then
     if [ -n "$DESTDIR" ]; then
@@ -48,7 +49,7 @@ install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$TMPFILESDIR" "$DESTDIR$SYSCONFDI
     "$DESTDIR$SYSCONFDIR/xenopsd.conf.d" "$DESTDIR$DOCDIR"
 for unit in "$here"/systemd/*.service; do
     sed -e "s|@BINDIR@|$BINDIR|g" -e "s|@DOCDIR@|$DOCDIR|g" \
-        -e "s|@SYSCONFDIR@|$SYSCONFDIR|g" "$unit" \
+        -e "s|@SYSCONFDIR@|$SYSCONFDIR|g" -e "s|@PYTHON@|$PYTHON_BIN|g" "$unit" \
         > "$DESTDIR$UNITDIR/$(basename "$unit")"
     chmod 0644 "$DESTDIR$UNITDIR/$(basename "$unit")"
 done

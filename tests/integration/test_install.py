@@ -8,6 +8,7 @@ test also builds and installs the package into the temporary root.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,14 @@ from tests.daemon import wait_for_socket
 from xenopsd.config import Config, option_names, parse_args
 
 TOP = Path(__file__).resolve().parents[2]
-UNITS = ["xenopsd-xc.service", "xenopsd-xenlight.service", "xenopsd-simulator.service"]
+PROGRAMS = {
+    "xenopsd-xc.service": "xenopsd-xc",
+    "xenopsd-xenlight.service": "xenopsd-xenlight",
+    "xenopsd-simulator.service": "xenopsd-simulator",
+    "xenopsd-emu.service": "python3",
+    "xenopsd-xc-emu.service": "xenopsd-xc",
+}
+UNITS = list(PROGRAMS)
 
 
 def install(dest: Path, *, prefix: str = sys.prefix, python: bool = False) -> None:
@@ -72,9 +80,10 @@ def test_files_and_modes(root: Path) -> None:
         text = path.read_text()
         assert "@" not in text
         (exec_start,) = re.findall(r"^ExecStart=(\S+)", text, re.MULTILINE)
-        assert exec_start == f"{sys.prefix}/bin/{unit.removesuffix('.service')}"
+        assert exec_start == f"{sys.prefix}/bin/{PROGRAMS[unit]}"
         assert "StandardError=journal" in text
-    assert "KillMode=process" in (etc / "systemd/system/xenopsd-xc.service").read_text()
+    for unit in ("xenopsd-xc.service", "xenopsd-xenlight.service", "xenopsd-xc-emu.service"):
+        assert "KillMode=process" in (etc / "systemd/system" / unit).read_text()
     assert mode(etc / "xenopsd.conf") == 0o644
     assert (etc / "xenopsd.conf").read_text() == (TOP / "deploy" / "xenopsd.conf").read_text()
     assert (etc / "xenopsd.conf.d").is_dir()
@@ -123,20 +132,35 @@ def test_tmpfiles_create_the_directories(root: Path) -> None:
         assert path.stat().st_uid == 0 and path.stat().st_gid == 0
 
 
-def test_the_installed_units_run_the_daemon_with_restrictive_sockets(
+def unit_command(root: Path, unit: str, tmp: Path, **paths: Path) -> list[str]:
+    """A unit's ExecStart, with its config read from the temporary root and the given
+    `--option` paths moved into `tmp`."""
+    text = (root / "etc/systemd/system" / unit).read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", text, re.MULTILINE)
+    argv = [
+        a.replace("/etc/", f"{root}/etc/") if a.startswith("/etc/") else a
+        for a in exec_start.split()
+    ]
+    for opt, where in paths.items():
+        flag = "--" + opt.replace("_", "-")
+        argv[argv.index(flag) + 1] = str(where)
+    return argv
+
+
+def test_the_simulator_unit_runs_the_daemon_with_restrictive_sockets(
     root: Path, tmp_path: Path
 ) -> None:
-    """The simulator unit's command line, pointed into the temporary root, starts a
-    daemon whose sockets only root can use."""
-    unit = (root / "etc/systemd/system/xenopsd-simulator.service").read_text()
-    (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.MULTILINE)
-    argv = exec_start.split()
-    relocated = [a.replace("/etc/", f"{root}/etc/") if a.startswith("/etc/") else a for a in argv]
-    for opt, where in (("--sockets-path", tmp_path / "s"), ("--database-path", tmp_path / "db")):
-        relocated[relocated.index(opt) + 1] = str(where)
-    relocated += ["--hooks-dir", str(tmp_path / "hooks")]
+    argv = unit_command(
+        root,
+        "xenopsd-simulator.service",
+        tmp_path,
+        sockets_path=tmp_path / "s",
+        database_path=tmp_path / "db",
+    )
     (tmp_path / "hooks").mkdir()
-    proc = subprocess.Popen(relocated, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*argv, "--hooks-dir", str(tmp_path / "hooks")], stderr=subprocess.DEVNULL
+    )
     try:
         for name in ("xenopsd", "xenopsd.json"):
             wait_for_socket(str(tmp_path / "s" / name), proc)
@@ -146,6 +170,54 @@ def test_the_installed_units_run_the_daemon_with_restrictive_sockets(
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_the_emulated_host_units_run_the_xc_backend(root: Path, tmp_path: Path) -> None:
+    """xenopsd-emu and xenopsd-xc-emu, as their units start them, make a host that
+    xenops-cli can reach and that reports the emulated hypervisor."""
+    emu_dir = tmp_path / "emu"
+    emu_dir.mkdir()
+    emu_argv = unit_command(root, "xenopsd-emu.service", tmp_path, rundir=emu_dir)
+    emu = subprocess.Popen(emu_argv, stderr=subprocess.DEVNULL)
+    procs = [emu]
+    try:
+        wait_for_socket(str(emu_dir / "control.sock"), emu)
+        xc_argv = unit_command(
+            root,
+            "xenopsd-xc-emu.service",
+            tmp_path,
+            sockets_path=tmp_path / "s",
+            database_path=tmp_path / "db",
+        )
+        xc_argv[xc_argv.index("--hypervisor") + 1] = f"emu:{emu_dir}"
+        (tmp_path / "hooks").mkdir()
+        # use-switch stays as configured (true); the framed socket is served either way.
+        xc = subprocess.Popen(
+            [*xc_argv, "--hooks-dir", str(tmp_path / "hooks")], stderr=subprocess.DEVNULL
+        )
+        procs.insert(0, xc)
+        wait_for_socket(str(tmp_path / "s" / "xenopsd.json"), xc)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xenopsd.cli",
+                "--framed",
+                "--socket",
+                str(tmp_path / "s" / "xenopsd.json"),
+                "--json",
+                "host",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["host"]["hypervisor"]["version"].endswith("-emu")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(20)
 
 
 @pytest.mark.slow
