@@ -330,6 +330,13 @@ def test_events_prints_changes_as_they_happen(d: Daemon, tmp_path: Path, mode: s
     assert cli(d, "events", "--timeout", "1").ok().out == ""
     r = cli(d, "events", "--all", "--count", "1").ok()
     assert len(r.out.splitlines()) == 1
+    # --from carries on after a given event: exactly what changed since then.
+    last = d.xml().call("UPDATES.last_id")
+    d.xml().call("UPDATES.refresh_vm", id=vm_id)
+    r = cli(d, "events", "--from", str(last), "--timeout", "1").ok()
+    changed = {line.split()[2] for line in r.out.splitlines()}
+    assert {vm_id, f"{vm_id}/xvda", f"{vm_id}/hdc", f"{vm_id}/0"} <= changed
+    assert all(int(line.split()[0]) > last for line in r.out.splitlines())
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -586,7 +586,9 @@ def describe(s: Session, which: DynamicId) -> tuple[str, str, str]:
 
 
 def cmd_events(s: Session, out: Output, args: argparse.Namespace) -> None:
-    last = None if args.all else s.call("UPDATES.last_id")
+    last = None if args.all else args.after
+    if last is None and not args.all:
+        last = s.call("UPDATES.last_id")
     printed = 0
     while args.count is None or printed < args.count:
         barriers, ids, last = s.call("UPDATES.get", last_id=last, timeout=args.timeout)
@@ -881,6 +883,14 @@ def add_commands(sub: Any) -> None:
     p = cmd("events", cmd_events, "follow the update stream and print each change as it happens")
     p.add_argument(
         "--all", action="store_true", help="first print every object the daemon knows (a resync)"
+    )
+    p.add_argument(
+        "--from",
+        dest="after",
+        type=int,
+        metavar="EVENT",
+        help="print the changes after this event number (each line starts with one), to "
+        "carry on where an earlier run stopped (default: from now)",
     )
     p.add_argument("--count", type=int, help="stop after this many changes")
     p.add_argument(
