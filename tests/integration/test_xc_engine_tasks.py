@@ -12,6 +12,7 @@ migration work and are not run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -34,6 +35,7 @@ from xenopsd.rpc.client import Client
 NOT_ON_XC = {"suspend", "resume"}
 GUEST_MUST_RUN = {"clean-shutdown", "vbd-unplug", "vif-unplug"}
 _reset = engine.assert_valid_and_reset
+SETTLED = (PowerState.Halted, PowerState.Running, PowerState.Suspended)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,17 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def _unpaused_then_reset(c: Client, vid: str) -> None:
-    if c.call("VM.stat", id=vid)[1].power_state is PowerState.Paused:
-        success(c, c.call("VM.unpause", id=vid))
+    """Unpause a paused VM, and let a guest that took a clean shutdown request
+    before the cancel finish going down (the engine's state check follows
+    its death), before the engine's own checks."""
+    deadline = time.monotonic() + 60
+    last = c.call("UPDATES.last_id")
+    while (power := c.call("VM.stat", id=vid)[1].power_state) not in SETTLED:
+        assert time.monotonic() < deadline, power
+        if power is PowerState.Paused:
+            success(c, c.call("VM.unpause", id=vid))
+        else:
+            _, _, last = c.call("UPDATES.get", last_id=last, timeout=1)
     _reset(c, vid)
 
 

@@ -317,7 +317,7 @@ class Xc(Backend):
 
     def _refresh_domains(self) -> None:
         """Diff the domain list with the last one; tell the engine about every
-        managed domain that appeared, went away or changed its shutdown state."""
+        managed domain that went away or changed its shutdown state."""
         with self._refresh_lock:
             self._refresh_domains_locked()
 
@@ -341,7 +341,11 @@ class Xc(Backend):
                 self._watch_domain(domid)
             else:
                 self._unwatch_domain(domid)
-            if vm_id is not None:
+            # A domain that merely appeared running is one we are building: a
+            # state check now would find it half-built and shut it down
+            # between VM.create and VM.build. (Start-up resync goes through
+            # managed_vms.)
+            if vm_id is not None and (domid in before or not running):
                 self._notify(VmUpdate(vm_id))
 
     def _abort_waits(self, domid: int, before: tuple[uuid.UUID, bool, int] | None,
@@ -853,6 +857,9 @@ class Xc(Backend):
         except (WaitTimeout, WaitAborted):
             self._rm(key)
             return False
+        except BaseException:
+            self._rm(key)  # cancelled: withdraw the request the guest has not taken
+            raise
         return True
 
     def _hvm_param(self, domid: int, param: HvmParam) -> int:
