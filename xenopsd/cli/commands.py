@@ -735,7 +735,7 @@ DEVICE_HELP = {
     ),
     "vif": ("virtual NICs", "mac=MAC,bridge=BRIDGE,mtu=N (all optional; no mac: derived)"),
     "pci": (
-        "PCI passthrough devices (attached when the VM starts; the API has no hot-plug)",
+        "PCI passthrough devices",
         "[DDDD:]BB:DD.F[,msitranslate=0|1][,power_mgmt=0|1]",
     ),
 }
@@ -847,6 +847,8 @@ def add_commands(sub: Any) -> None:
         handlers = _device_handlers(DEVICES[name])
         vm_arg(cmd(f"{name}-list", handlers["list"], f"list a VM's {what}"))
         p = cmd(f"{name}-add", handlers["add"], f"add one of a VM's {what}")
+        if name == "pci":
+            p.description = f"{p.description}; it is attached when the VM starts (no hot-plug)"
         vm_arg(p)
         p.add_argument("spec", help=spec, nargs=None if name != "vif" else "?", default="")
         if name != "vbd":
