@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from xenopsd import log
 from xenopsd.api import marshal
+from xenopsd.api.devices import LocalNetwork
 from xenopsd.api.errors import (
     BadPowerState,
     Cancelled,
@@ -23,18 +25,20 @@ from xenopsd.api.errors import (
 )
 from xenopsd.api.task import Completed, Completion, Failed, Pending, Task
 from xenopsd.api.vm import PowerState, VmState
+from xenopsd.cli.__main__ import build_parser
 from xenopsd.cli.commands import call_args, migration_summary, migration_url, size_bytes
 from xenopsd.cli.render import Output, Progress, details, error_text, error_wire, table
 from xenopsd.cli.session import CliError, Interrupted, Session
 
 
 def task(state: Any) -> Task:
+    subtasks = {"memory": state} if isinstance(state, Pending) else {}
     return Task(
         id="7",
         dbg="xn",
         ctime=0.0,
         state=state,
-        subtasks={},
+        subtasks=subtasks,
         debug_info={},
         backtrace="()",
         cancellable=True,
@@ -45,13 +49,17 @@ class Scripted:
     """Answers Task.stat from a list of states (the last one repeats); records every call.
     `interrupt` names the UPDATES.get calls (by count) during which Ctrl-C is pressed."""
 
-    def __init__(self, states: list[Any], interrupt: tuple[int, ...] = ()) -> None:
-        self.states, self.interrupt = states, interrupt
+    def __init__(self, states: list[Any], interrupt: tuple[int, ...] = (), **replies: Any) -> None:
+        self.states, self.interrupt, self.replies = states, interrupt, replies
         self.calls: list[str] = []
+        self.args: dict[str, dict[str, Any]] = {}
         self.gets, self.last = 0, 10
 
     def call(self, wire: str, **kw: Any) -> Any:
         self.calls.append(wire)
+        self.args[wire] = kw
+        if wire.replace(".", "_") in self.replies:
+            return self.replies[wire.replace(".", "_")]
         if wire == "UPDATES.last_id":
             return 10
         if wire == "Task.stat":
@@ -223,3 +231,48 @@ def test_migration_summary() -> None:
     ]
     assert record["throughput_mib_s"] == 512.0 and record["statistics"]["rounds"] == 4
     assert migration_summary(None, 2.0) == (["time 2.000s"], {"duration": 2.0, "statistics": {}})
+
+
+def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI side of migrate end to end: the call it makes, the bar with the phase the
+    daemon reports, and the summary from the task's result."""
+    log.configure("warning")  # as the CLI does: only user output on stdout
+    vm = SimpleNamespace(id="0b7c9e8e-5d3c-4f1a-9a51-0123456789ab", name="web")
+    result = {"bytes": 3 << 30, "rounds": 5, "downtime": 0.08}
+    c = Scripted(
+        [Pending(0.4), Completed(Completion(duration=3.0, result=result))],
+        VM_list=[(vm, VmState())],
+        VM_migrate="7",
+    )
+    s = Session(lambda: c, show_progress=True)  # type: ignore[arg-type,return-value]
+    args = build_parser().parse_args(
+        [
+            "migrate",
+            "web",
+            "/run/dest/xenopsd",
+            "--compress",
+            "--vdi-map",
+            "a=b",
+            "--vif-map",
+            "0=xenbr1",
+        ]
+    )
+    args.handler(s, Output(False), args)
+    out, err = capsys.readouterr()
+    assert c.args["VM.migrate"] == {
+        "id": vm.id,
+        "vdi_map": {"a": "b"},
+        "vif_map": {"0": LocalNetwork("xenbr1")},
+        "pci_map": {},
+        "xenops_url": "file:/run/dest/xenopsd",
+        "compress": True,
+        "verify_dest": False,
+        "localhost_migration": False,
+    }
+    assert "migrating web [############..................]  40%" in err
+    assert "s memory 40%" in err  # the phase the daemon reports
+    assert out == (
+        "web: migrated to file:/run/dest/xenopsd\n"
+        "  time 3.000s\n  sent 3072.0 MiB at 1024.0 MiB/s\n  rounds 5\n  downtime 0.080s\n"
+    )
+    assert c.calls[-1] == "Task.destroy"

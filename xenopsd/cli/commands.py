@@ -377,7 +377,11 @@ def cmd_migrate(s: Session, out: Output, args: argparse.Namespace) -> None:
 
     def progress(bar: Progress, task: Task) -> None:
         assert isinstance(task.state, Pending)
-        steps = [f"{k}={v}" for k, v in task.subtasks.items() if isinstance(v, Pending)]
+        steps = [
+            f"{name} {state.progress * 100:.0f}%"
+            for name, state in task.subtasks.items()
+            if isinstance(state, Pending)
+        ]
         bar.show(task.state.progress, " ".join(steps))
 
     task = s.wait(task_id, f"migrating {vm.name}", progress)

@@ -140,15 +140,19 @@ class Progress:
         self.shown = False
 
     def bar(self, fraction: float, note: str = "", columns: int = 1000) -> str:
-        """`label [#####.....]  50%   1.2s note`, the label cut short to fit `columns`."""
+        """`label [#####.....]  50%   1.2s note`; to fit `columns` the note goes first,
+        then the label is cut short."""
         fraction = min(max(fraction, 0.0), 1.0)
         done = round(fraction * self.WIDTH)
         elapsed = time.monotonic() - self.start
         text = f" [{'#' * done}{'.' * (self.WIDTH - done)}] {fraction * 100:3.0f}%"
-        text += f" {elapsed:5.1f}s" + (f" {note}" if note else "")
+        text += f" {elapsed:5.1f}s"
         room = max(columns - len(text), 8)
         label = self.label if len(self.label) <= room else self.label[: room - 3] + "..."
-        return (label + text)[:columns]
+        line = label + text
+        if note and len(line) + 1 < columns:
+            line += " " + note[: columns - len(line) - 1]
+        return line[:columns]
 
     def show(self, fraction: float, note: str = "") -> None:
         if not self.enabled:
