@@ -53,6 +53,7 @@ install:
 	DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) PYTHON=$(PYTHON) sh deploy/install.sh
 
 bench: deps
+	$(PYTHON) -m pip install -q -e '.[bench]'
 	for b in bench/*.py; do $(PYTHON) $$b || exit 1; done
 
 clean:
