@@ -77,6 +77,13 @@ def test_running_vm_tree_then_nothing_left(tmp_path: Path) -> None:
         def value(path: str) -> str:
             return t[path][0]
 
+        # dom0 has a UUID and its minimal tree (spec §16.1)
+        dom0_vm = value("/local/domain/0/vm")
+        dom0 = dom0_vm.removeprefix("/vm/")
+        assert uuid.UUID(dom0) and value(f"{dom0_vm}/uuid") == dom0
+        assert (value(f"{dom0_vm}/name"), value(f"{dom0_vm}/domains/0")) == (
+            "Domain-0", "/local/domain/0")
+
         # the domain: read-only to the guest, with writable subdirectories
         assert t[home][1] == f"n0,r{d}"
         assert (value(f"{home}/vm"), value(f"{home}/name"), value(f"{home}/domid")) == (

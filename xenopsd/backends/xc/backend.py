@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from xenopsd import log
@@ -100,7 +101,7 @@ from xenopsd.backends.interface import (
     ShutdownRequest,
     TaskContext,
 )
-from xenopsd.backends.xc import devnum
+from xenopsd.backends.xc import devnum, save
 from xenopsd.backends.xc.hypervisor import (
     EMULATION_HVM,
     PAGE_SIZE,
@@ -161,6 +162,7 @@ ACTION_OF_CODE = {
 }
 CLOSED = "6"
 DEFAULT_VBD_BACKEND_KIND = "vbd"
+INVENTORY = Path("/etc/xensource-inventory")
 _ID_NAMESPACE = uuid.UUID("3f1b0c1e-6a3e-4c55-9f4e-1c2b8d9e0a71")
 
 
@@ -287,10 +289,45 @@ class Xc(Backend):
         self._refresh_domains()
 
     def _write_dom0_keys(self) -> None:
-        with contextlib.suppress(XenstoreError):
+        """Spec §16.1: dom0 gets a UUID and its minimal tree. The UUID comes
+        from the inventory, else from Xen's handle for domain 0, else it is
+        made up and given to Xen as that handle, which keeps it stable across
+        daemon restarts without a file of our own."""
+        dom0 = self._dom0_uuid()
+        vmp = f"/vm/{dom0}"
+
+        def body(tx: int) -> None:
+            self._write_all("/local/domain/0", {"domid": "0", "vm": vmp}, tx)
+            if self._read("/local/domain/0/name", tx) is None:
+                self.xs.write("/local/domain/0/name", "Domain-0", tx)
+            self._write_all(vmp, {"uuid": str(dom0), "name": "Domain-0",
+                                  "domains/0": "/local/domain/0",
+                                  "domains/0/create-time": "0"}, tx)
             self.xs.write("/mh/XenSource-TM_XenEnterprise-TM",
                           "XenSource(TM) and XenEnterprise(TM) are registered trademarks of "
-                          "XenSource Inc.")
+                          "XenSource Inc.", tx)
+
+        try:
+            self.xs.transaction(body)
+        except XenstoreError as exc:
+            logger.warning("xc.dom0_keys_failed", error=str(exc))
+
+    def _dom0_uuid(self) -> uuid.UUID:
+        with contextlib.suppress(OSError, ValueError):
+            for line in INVENTORY.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "CONTROL_DOMAIN_UUID":
+                    return uuid.UUID(value.strip().strip("'\""))
+        try:
+            handle = self.hv.domain_getinfo(0).handle
+        except OSError:
+            handle = uuid.UUID(int=0)
+        if handle.int != 0:
+            return handle
+        made = uuid.uuid4()
+        with contextlib.suppress(OSError):
+            self.hv.domain_sethandle(0, made)
+        return made
 
     def close(self) -> None:
         self._events.stop()
@@ -546,7 +583,7 @@ class Xc(Backend):
         pass
 
     def vm_rename(self, old_id: VmId, new_id: VmId, when: RenameWhen) -> None:
-        raise Unimplemented("VM.rename")
+        save.rename_vm(self, old_id, new_id, when)
 
     # ---- VM lifecycle (spec §16.2) -----------------------------------------
 
@@ -883,20 +920,20 @@ class Xc(Backend):
             return False
         return True
 
-    # ---- save and restore: another engineer's work --------------------------
+    # ---- save and restore: xenopsd/backends/xc/save.py ----------------------
 
     def vm_assert_can_save(self, vm: Vm) -> None:
-        raise Unimplemented("suspend and migration of xc domains")
+        save.assert_can_save(self, vm)
 
     def vm_save(self, task: TaskContext, progress: Callable[[float], None], vm: Vm,
                 flags: list[SaveFlag], data: SaveData, vgpu_data: SaveData | None,
                 pre_suspend: Callable[[], None]) -> None:
-        raise Unimplemented("VM.save (suspend) of xc domains is not implemented yet")
+        save.save_vm(self, task, progress, vm, flags, data, pre_suspend)
 
     def vm_restore(self, task: TaskContext, progress: Callable[[float], None], vm: Vm,
                    vbds: list[Vbd], vifs: list[Vif], data: SaveData,
                    vgpu_data: SaveData | None, extras: list[str]) -> None:
-        raise Unimplemented("VM.restore (resume) of xc domains is not implemented yet")
+        save.restore_vm(self, task, progress, vm, vbds, vifs, data, extras)
 
     def vm_resume(self, task: TaskContext, vm: Vm) -> None:
         raise Unimplemented("fast resume of xc domains is not implemented yet")
