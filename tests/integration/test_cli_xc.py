@@ -83,12 +83,14 @@ def test_events_follow_a_guest_initiated_shutdown(host: XcHost, tmp_path: Path) 
     cli(d, "remove", "xc-events").ok()
 
 
-@pytest.mark.xfail(strict=True, reason="xc backend's VM.save not landed (Unimplemented)")
 def test_suspend_and_resume(host: XcHost, tmp_path: Path) -> None:
     d = host.daemon
     path, vm_id = xl_config(tmp_path, "xc-suspend")
     cli(d, "create", str(path)).ok()
     cli(d, "suspend", "xc-suspend", str(tmp_path / "image")).ok()
     assert state(host, vm_id) == "Suspended"
+    assert (tmp_path / "image").stat().st_size > 0
     cli(d, "resume", "xc-suspend", str(tmp_path / "image")).ok()
     assert state(host, vm_id) == "Running"
+    cli(d, "shutdown", "xc-suspend", "--hard").ok()
+    cli(d, "remove", "xc-suspend").ok()
