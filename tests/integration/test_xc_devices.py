@@ -252,3 +252,28 @@ def test_pci_bookkeeping(host: XcHost) -> None:
     success(c, c.call("VM.start", id=vids[1], paused=False))
     assert c.call("PCI.stat", id=(vids[1], "0000:03:00.1"))[1].plugged
     success(c, c.call("VM.shutdown", id=vids[1], delay=None))
+
+
+def test_run_script_through_the_agents_batcmd(host: XcHost) -> None:
+    """The test plays a guest agent that supports `control/batcmd` (spec §16.8)."""
+    c = host.daemon.json()
+    vid, domid = running_vm(c)
+    base = f"/local/domain/{domid}/control/batcmd"
+    with host.xenstore() as xs:
+        xs.write(f"/local/domain/{domid}/control/feature-xs-batcmd", "1")
+        task = c.call("VM.run_script", id=vid, script="uname -r")
+        deadline = time.monotonic() + 30
+        while xs.read_or(f"{base}/state") != b"READY":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert xs.read(f"{base}/script") == b"uname -r"
+        xs.write(f"{base}/stdout", "6.1.0-emu\n" + "x" * 2000)
+        xs.write(f"{base}/stderr", "")
+        xs.write(f"{base}/return", "0")
+        xs.write(f"{base}/state", "SUCCESS")
+        result = success(c, task).state.completion.result  # type: ignore[union-attr]
+        assert int(result["rc"]) == 0 and result["stderr"] == ""
+        assert result["stdout"].startswith("6.1.0-emu\n") and len(result["stdout"]) == 1024
+        assert not xs.exists(base)
+    success(c, c.call("VM.shutdown", id=vid, delay=None))
+

@@ -131,3 +131,18 @@ def test_clean_shutdown_and_reboot_acknowledged(host: XcHost) -> None:
     assert state.power_state is PowerState.Running and state.domids != [domid]
     success(c, c.call("VM.shutdown", id=vid, delay=30.0))
     assert halted(c.call("VM.stat", id=vid)[1])
+
+
+def test_hvm_guest_without_pv_drivers_is_shut_down_by_the_hypervisor(host: XcHost) -> None:
+    """No PV callback IRQ, no agent to ask: the request becomes a hypervisor shutdown."""
+    c = host.daemon.json()
+    vid = f"g{next(_ids)}"
+    c.call("VM.add", vm=make_vm(vid, hvm=True))
+    success(c, c.call("VM.start", id=vid, paused=False))
+    (domid,) = c.call("VM.stat", id=vid)[1].domids
+    with host.emu.client() as emu:
+        emu.guest_config(domid, pv_drivers=False)  # before it first runs
+    success(c, c.call("VM.unpause", id=vid))
+    success(c, c.call("VM.shutdown", id=vid, delay=30.0))
+    assert halted(c.call("VM.stat", id=vid)[1])
+
