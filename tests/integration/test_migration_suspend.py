@@ -125,6 +125,7 @@ def test_simulator_suspend_writes_an_image_and_resume_reads_it(
     vid = small_vm(c)
     success(c, c.call("VM.start", id=vid, paused=False))
     path = tmp_path / "sim.img"
+    path.touch()  # the simulator writes into an existing file only (an attached disk)
     success(c, c.call("VM.suspend", id=vid, suspend_vdi=LocalDisk(str(path))))
     assert path.read_bytes().startswith(image.SIGNATURE)
     success(c, c.call("VM.resume", id=vid, suspend_vdi=LocalDisk(str(path))))
@@ -132,6 +133,7 @@ def test_simulator_suspend_writes_an_image_and_resume_reads_it(
     vid2 = small_vm(c)
     success(c, c.call("VM.start", id=vid2, paused=False))
     bad = tmp_path / "bad.img"
+    bad.touch()
     success(c, c.call("VM.suspend", id=vid2, suspend_vdi=LocalDisk(str(bad))))
     bad.write_bytes(b"not an image")
     assert isinstance(failure(c, c.call("VM.resume", id=vid2, suspend_vdi=LocalDisk(str(bad)))),
