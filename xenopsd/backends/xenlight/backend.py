@@ -113,7 +113,7 @@ _ACTION_OF_REASON = {
     5: DomainActionRequest.Needs_softreset,
 }
 SUSPEND_REASON = 2
-XTL_ERROR = 8
+XTL_DEBUG, XTL_ERROR = 1, 8
 
 _DOMAIN_TYPES = {1: DomainType.Domain_HVM, 2: DomainType.Domain_PV, 3: DomainType.Domain_PVH}
 
@@ -913,8 +913,11 @@ def open_backend() -> Xenlight:
     backend: list[Xenlight] = []
 
     def on_log(level: int, context: str, errnoval: int, message: str) -> None:
-        if level >= XTL_ERROR:
-            errors.append(message)
+        if not backend and level >= XTL_ERROR:
+            # while opening, failures are summed up in the one-line error below
+            why = message.rsplit(": ", 1)[-1]
+            errors.append(f"{why}: {os.strerror(errnoval)}" if errnoval > 0 else why)
+            level = XTL_DEBUG
         forward_log(level, context or "libxl", errnoval, message)
 
     def on_event(event: dict[str, Any]) -> None:
@@ -924,7 +927,7 @@ def open_backend() -> Xenlight:
     try:
         ctx = xl.Context(logger=on_log, event_handler=on_event)
     except xl.XlError as exc:
-        why = errors[-1] if errors else str(exc)
-        raise OSError(exc.errno, f"no Xen hypervisor here: {exc.call} failed ({why})") from None
+        why = errors[-1] if errors else exc.name
+        raise OSError(f"no Xen hypervisor here: {exc.call} failed ({why})") from None
     backend.append(Xenlight(ctx))
     return backend[0]
