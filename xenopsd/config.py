@@ -15,6 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from xenopsd import log
+
+logger = log.get(__name__)
+
 
 class ConfigError(ValueError):
     """An option is unknown or its value is malformed."""
@@ -120,8 +124,16 @@ def _convert(name: str, text: str) -> Any:
     raise ConfigError(f"unknown option {name.replace('_', '-')!r}")
 
 
+KNOWN = frozenset(f.name for f in fields(Config))
+
+
 def read_config_file(path: Path) -> dict[str, str]:
-    """`key = value` lines, `#` comments; later files override earlier ones."""
+    """`key = value` lines, `#` comments; later files override earlier ones.
+
+    Keys we do not know are skipped with a warning rather than refused, as
+    upstream does, so an upstream xenopsd.conf (with `simulate`,
+    `run_hotplug_scripts`, ...) can be reused as it is.
+    """
     values: dict[str, str] = {}
     files = [path]
     fragments = Path(str(path) + ".d")
@@ -139,7 +151,13 @@ def read_config_file(path: Path) -> dict[str, str]:
             if "=" not in line:
                 raise ConfigError(f"{f}:{n}: expected 'key = value', got {raw.strip()!r}")
             key, value = (s.strip() for s in line.split("=", 1))
-            values[key.replace("-", "_")] = value.strip('"')
+            name = key.replace("-", "_")
+            if name not in KNOWN:
+                logger.warning("config.unknown_key", file=str(f), line=n, key=key)
+                continue
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[name] = value
     return values
 
 
