@@ -155,7 +155,8 @@ def _error(exc: XlError, what: str, task: TaskContext | None = None) -> XenopsEr
         return AlreadyExists("device", what)
     if exc.rc in (ERROR_NI, ERROR_FEATURE_REMOVED):
         return Unimplemented(exc.call)
-    return InternalError(f"{exc} [{what}]")
+    detail = f" ({exc.detail})" if exc.detail else ""
+    return InternalError(f"{exc.call}: {exc.name}{detail} [{what}]")
 
 
 def _host_uuid_bytes(handle: str) -> bytes:
@@ -295,14 +296,15 @@ class Xenlight(Backend):
             return
         domid = event.get("domid")
         with self._lock:
+            watched = domid in self._watches
             vm_id = next((v for v, r in self._records.items() if r.domid == domid), None)
             saving = domid in self._saving
             self._changed.notify_all()
-        if vm_id is None:
-            return  # not one of ours
+        if vm_id is None or not watched:
+            return  # not a domain this instance started
         if kind == "domain_shutdown" and saving and event.get("shutdown_reason") == SUSPEND_REASON:
             return  # our own save: the save operation itself goes on from here
-        logger.info("xenlight.event", vm=vm_id, domid=domid, event=kind,
+        logger.info("xenlight.event", vm=vm_id, domid=domid, libxl_event=kind,
                     reason=event.get("shutdown_reason"))
         self._notify(VmUpdate(vm_id))
 
@@ -315,14 +317,24 @@ class Xenlight(Backend):
         task.check_cancelled()
         try:
             op: Operation = start()
+        except XlError as exc:
+            raise _error(exc, what, task) from None
 
-            def abort() -> None:
-                op.abort()
+        def abort() -> None:
+            op.abort()
 
+        try:
             with task.with_cancel(abort):
                 return op.result()
         except XlError as exc:
             raise _error(exc, what, task) from None
+        except Cancelled:
+            # cancelled before libxl could be told: stop it now, and let it finish
+            # before the engine's clean-up looks at the domain
+            abort()
+            with suppress(XlError):
+                op.result()
+            raise
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from xenopsd.native.xl import XlError
