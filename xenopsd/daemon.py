@@ -21,6 +21,7 @@ from typing import Any
 
 from xenopsd import log
 from xenopsd.config import Config, ConfigError, parse_args
+from xenopsd.rpc import forwarded
 from xenopsd.rpc.dispatch import Dispatcher
 from xenopsd.rpc.framing import FramingServer
 from xenopsd.rpc.http import HttpLimits, HttpServer
@@ -69,6 +70,10 @@ async def serve(config: Config, service: Any, program: str) -> None:
             http = HttpServer(dispatcher, program, HttpLimits(max_body=config.max_request_bytes))
             servers.append(await _unix_server(config.xml_socket, http.handle, config))
             paths.append(config.xml_socket)
+        service.migrations.remote_import = forwarded.remote_import
+        handover = forwarded.serve(config.forwarded_socket, service.migrations.receive)
+        background.append(asyncio.create_task(handover))
+        paths.append(config.forwarded_socket)
         framed = FramingServer(dispatcher, config.max_request_bytes)
         servers.append(await _unix_server(config.json_socket, framed.handle, config))
         paths.append(config.json_socket)

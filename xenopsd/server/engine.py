@@ -40,6 +40,7 @@ from xenopsd.api.devices import (
     Vif,
 )
 from xenopsd.api.errors import (
+    AlreadyExists,
     BadPowerState,
     Cancelled,
     FailedToAcknowledgeShutdownRequest,
@@ -55,15 +56,17 @@ from xenopsd.backends.interface import (
     Backend,
     DeviceActionRequest,
     DomainActionRequest,
+    RenameWhen,
     SaveData,
+    SaveFlag,
     ShutdownRequest,
 )
 from xenopsd.config import Config
 from xenopsd.server import atomics as at
 from xenopsd.server.atomics import Atomic, CheckTarget, Leaf
-from xenopsd.server.db import PCI, VBD, VGPU, VIF, VUSB, Db, DeviceKind, R
+from xenopsd.server.db import DEVICE_KINDS, PCI, VBD, VGPU, VIF, VUSB, Db, DeviceKind, R
 from xenopsd.server.hooks import Hook, Reason, run_hooks
-from xenopsd.server.queues import Item, Queues
+from xenopsd.server.queues import Item, Queues, Redirector
 from xenopsd.server.tasks import TaskHandle, TaskTable
 from xenopsd.server.updates import Updates
 
@@ -131,6 +134,7 @@ class Engine:
         description: str,
         body: Callable[[TaskHandle], Any],
         coalesce: bool = False,
+        pool: Redirector | None = None,
     ) -> None:
         item = Item(
             description=description,
@@ -138,7 +142,7 @@ class Engine:
             coalesce_key=description if coalesce else None,
             task_id=task.id,
         )
-        self.default.push(tag, item)
+        (pool or self.default).push(tag, item)
 
     def operation(
         self, atoms: Callable[[], list[Atomic]], cleanup: list[CheckTarget]
@@ -404,15 +408,23 @@ class Engine:
             f"VM_hook_script {vm_id} {hook.value} {reason.value}", run, CheckTarget("VM", vm_id)
         )
 
-    def a_vm_create(self, vm_id: VmId, no_sharept: bool) -> Leaf:
+    def a_vm_create(
+        self,
+        vm_id: VmId,
+        no_sharept: bool,
+        memory: tuple[int, int] | None = None,
+        final_id: VmId | None = None,
+    ) -> Leaf:
+        """`memory`: (upper bound, total on the source) of a VM arriving by migration."""
+
         def run(task: TaskHandle) -> None:
             vm = self.db.vm(vm_id)
             self.backend.vm_create(
                 task,
                 vm,
-                None,
-                None,
-                None,
+                memory[0] if memory else None,
+                memory[1] if memory else None,
+                final_id,
                 no_sharept,
                 len(self.db.devices(VBD, vm_id)),
                 len(self.db.devices(VIF, vm_id)),
@@ -568,14 +580,26 @@ class Engine:
 
         return self._vm_call(f"VM_shutdown_domain {reason.value}", vm_id, call, False)
 
-    def a_vm_save(self, vm_id: VmId, data: SaveData, vgpu_data: SaveData | None) -> Leaf:
+    def a_vm_save(
+        self,
+        vm_id: VmId,
+        data: SaveData,
+        vgpu_data: SaveData | None,
+        flags: tuple[SaveFlag, ...] = (),
+        on_suspend: Callable[[], None] = lambda: None,
+    ) -> Leaf:
+        """`on_suspend` runs just before the guest is asked to suspend (downtime starts)."""
+
         def run(task: TaskHandle) -> None:
             vm = self.db.vm(vm_id)
 
             def no_return() -> None:
                 task.set_cancellable(False)
+                on_suspend()
 
-            self.backend.vm_save(task, task.scaled_progress, vm, [], data, vgpu_data, no_return)
+            self.backend.vm_save(
+                task, task.scaled_progress, vm, list(flags), data, vgpu_data, no_return
+            )
 
         return self._leaf(f"VM_save {vm_id}", run, CheckTarget("VM", vm_id), weight=10)
 
@@ -590,6 +614,29 @@ class Engine:
             )
 
         return self._leaf(f"VM_restore {vm_id}", run, CheckTarget("VM", vm_id), weight=10)
+
+    def a_vm_rename(self, old_id: VmId, new_id: VmId, when: RenameWhen) -> Leaf:
+        """The domain, then the VM record and every device record, move to `new_id`."""
+
+        def run(task: TaskHandle) -> None:
+            if old_id == new_id:
+                raise InternalError(f"VM_rename: {old_id} to itself")
+            if self.db.vm_opt(new_id) is not None:
+                raise AlreadyExists("VM", new_id)
+            vm = self.db.vm(old_id)
+            self.backend.vm_rename(old_id, new_id, when)
+            self.db.write_vm(replace(vm, id=new_id))
+            for kind in DEVICE_KINDS:
+                for d in self.db.devices(kind, old_id):
+                    self.db.write_device(kind, replace(d, id=(new_id, d.id[1])))
+                    self.db.delete_device(kind, d.id)
+                    self.updates.remove(kind.update(d.id))
+            self.db.delete_vm(old_id)
+            self.updates.remove(VmUpdate(old_id))
+            self.signal_vm(new_id)
+
+        check = CheckTarget("VM", old_id)
+        return self._leaf(f"VM_rename {old_id} {new_id} {when.value}", run, check)
 
     def _dev_call(
         self,

@@ -50,7 +50,6 @@ from xenopsd.api.errors import (
     DeviceIsConnected,
     DoesNotExist,
     InternalError,
-    Unimplemented,
     XenopsError,
 )
 from xenopsd.api.host import (
@@ -67,16 +66,17 @@ from xenopsd.api.updates import UpdatesResult, VmUpdate
 from xenopsd.api.vm import PV, Disk, PowerState, Vm, VmId, VmState
 from xenopsd.backends.interface import Backend
 from xenopsd.config import Config
+from xenopsd.migrate.protocol import tmp_source_id
 from xenopsd.server.atomics import Atomic, CheckTarget
 from xenopsd.server.db import DEVICE_KINDS, PCI, VBD, VGPU, VIF, VUSB, Db, DeviceKind, R
 from xenopsd.server.engine import Engine
+from xenopsd.server.migration import Migrations
 from xenopsd.server.store import Namespace, open_store
 from xenopsd.server.tasks import TaskHandle
 
 logger = log.get(__name__)
 
 REMOVE_TIMEOUT = 1200.0
-MIGRATION_ID_PREFIX = 24
 
 
 def load_backend(config: Config) -> Backend:
@@ -118,6 +118,10 @@ class Service:
         self.engine = Engine(config, self.backend, self.db)
         self.updates = self.engine.updates
         self.tasks = self.engine.tasks
+        self.migrations = Migrations(
+            self.engine, lambda vm_id: self.vm_export_metadata("", vm_id), self._do_vm_remove,
+            self.instance_id,
+        )
         self.numa_policy: NumaAffinityPolicy | None = None
         self.observers: dict[str, dict[str, Any]] = {}
         self._observer_lock = threading.Lock()
@@ -532,23 +536,19 @@ class Service:
         verify_dest: bool,
         localhost_migration: bool,
     ) -> TaskId:
-        tmp_src = id[:MIGRATION_ID_PREFIX] + "000000000000"
+        task = self.tasks.create(debug_info)
+        cleanup = [CheckTarget("VM", id), CheckTarget("VM", tmp_source_id(id))]
 
-        def check() -> None:
-            vm = self.db.vm(id)
-            if len(id) < MIGRATION_ID_PREFIX:
-                raise InternalError(f"VM id {id} is too short to be migrated")
-            self.backend.vm_assert_can_save(vm)
-            raise Unimplemented("VM.migrate")
+        def run(t: TaskHandle) -> Any:
+            try:
+                return self.migrations.send(t, id, xenops_url, compress)
+            except Exception:
+                for target in cleanup:
+                    self.engine.immediate_check(target)
+                raise
 
-        return self._task(
-            debug_info,
-            id,
-            f"VM_migrate {id}",
-            lambda: [],
-            cleanup=[CheckTarget("VM", id), CheckTarget("VM", tmp_src)],
-            precheck=check,
-        )
+        self.engine.queue(task, self.engine.tag_of(id), f"VM_migrate {id}", run)
+        return task.id
 
     # VM: metadata (spec §6.6)
     def vm_export_metadata(self, debug_info: str, id: VmId) -> str:

@@ -1,0 +1,138 @@
+"""VM.migrate between two daemons on two emulated hosts (spec behaviour §14, migration §4.3-§4.4).
+
+The guest dirties its memory while it moves. Our own mapping of the source
+domain outlives it, so after the move it holds the guest's final memory
+(the guest wrote nothing after its suspend): the destination's pages must
+equal it checksum for checksum, and the source must be gone. The relay
+plays the destination's xapi: it forwards `VM.import_metadata` and hands
+every connection over through `xenopsd.forwarded`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
+from tests.integration.test_xc_support import XcHost, running_xc_host
+from tests.relay import Relay, running_relay
+from xenopsd.api.errors import DoesNotExist, XenopsError
+from xenopsd.api.task import Completed
+from xenopsd.api.vm import LocalDisk, PowerState
+from xenopsd.emu.client import EmuHypervisor
+from xenopsd.migrate.memguest import page_digests
+from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
+from xenopsd.rpc.client import Client
+
+MEMORY = 64 << 20
+WORKLOAD_PAGES_PER_SECOND = 20000
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XcHost, XcHost]]:
+    with running_xc_host(tmp_path_factory.mktemp("a")) as a, \
+            running_xc_host(tmp_path_factory.mktemp("b")) as b:
+        yield a, b
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def relay(request: pytest.FixtureRequest, hosts: tuple[XcHost, XcHost]) -> Iterator[Relay]:
+    sockets = hosts[1].daemon.sockets
+    if request.param == "tcp":
+        with running_relay(sockets) as r:
+            yield r
+        return
+    with tempfile.TemporaryDirectory(prefix="relay", dir="/tmp") as d, \
+            running_relay(sockets, Path(d) / "xapi") as r:
+        yield r
+
+
+def running_vm(c: Client, hvm: bool = False) -> str:
+    vid = str(uuid.uuid4())
+    c.call("VM.add", vm=make_vm(vid, hvm=hvm, memory_static_max=MEMORY,
+                                memory_dynamic_max=MEMORY, memory_dynamic_min=MEMORY))
+    c.call("VBD.add", vbd=make_vbd(vid, "xvda", backend=LocalDisk("/dev/sda")))
+    c.call("VIF.add", vif=make_vif(vid, 0))
+    success(c, c.call("VM.start", id=vid, paused=False))
+    success(c, c.call("VM.unpause", id=vid))
+    return vid
+
+
+def migrate(c: Client, vid: str, url: str, compress: bool = False) -> str:
+    task: str = c.call("VM.migrate", id=vid, vdi_map={}, vif_map={}, pci_map={},
+                       xenops_url=url, compress=compress, verify_dest=False,
+                       localhost_migration=False)
+    return task
+
+
+def vm_ids(c: Client) -> set[str]:
+    return {vm.id for vm, _ in c.call("VM.list")}
+
+
+def memory_of(hv: EmuHypervisor, domid: int) -> list[bytes]:
+    m = hv.map_memory(domid)
+    try:
+        return page_digests(m.memory, m.log.top_populated())
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+def test_migrate_moves_every_page_of_a_busy_guest(
+    hosts: tuple[XcHost, XcHost], relay: Relay, compress: bool
+) -> None:
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        source = hva.map_memory(src)
+        try:
+            task = success(ca, migrate(ca, vid, relay.url, compress))
+            final = page_digests(source.memory, source.log.top_populated())
+        finally:
+            source.close()
+        # the source is gone, under every id it had
+        with pytest.raises(DoesNotExist):
+            ca.call("VM.stat", id=vid)
+        assert not {vid, tmp_source_id(vid)} & vm_ids(ca)
+        assert not any(i.domid == src for i in hva.domain_getinfolist())
+        # the destination runs it under its real id, with its devices
+        assert vid in vm_ids(cb) and tmp_dest_id(vid) not in vm_ids(cb)
+        state = cb.call("VM.stat", id=vid)[1]
+        assert state.power_state is PowerState.Running
+        assert cb.call("VBD.stat", id=(vid, "xvda"))[1].plugged
+        assert cb.call("VIF.stat", id=(vid, "0"))[1].plugged
+        assert memory_of(hvb, state.domids[0])[: len(final)] == final
+        # the statistics a migration's user wants are the task's result
+        assert isinstance(task.state, Completed)
+        stats: dict[str, Any] = task.state.completion.result  # type: ignore[assignment]
+        pages = [int(p) for p in stats["pages_per_round"]]
+        assert len(pages) == int(stats["rounds"]) >= 2
+        assert pages[0] == len(final)  # the first round sends every page
+        assert int(stats["bytes_sent"]) > len(final) * 4096
+        assert float(stats["downtime_seconds"]) >= float(stats["memory_downtime_seconds"]) > 0
+        assert int(stats["throughput_bytes_per_second"]) > 0
+        assert relay.handed_over == [f"/services/xenops/migrate/vm/{tmp_dest_id(vid)}",
+                                     f"/services/xenops/migrate/mem/{tmp_dest_id(vid)}"]
+        success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
+        hvb.close()
+
+
+def test_migrate_to_nowhere_leaves_the_vm_running(hosts: tuple[XcHost, XcHost]) -> None:
+    a, _ = hosts
+    ca = a.daemon.xml()
+    vid = running_vm(ca)
+    err = failure(ca, migrate(ca, vid, "http://127.0.0.1:1/services/xenops"))
+    assert isinstance(err, XenopsError)
+    assert ca.call("VM.stat", id=vid)[1].power_state is PowerState.Running
+    success(ca, ca.call("VM.shutdown", id=vid, delay=None))

@@ -1,0 +1,403 @@
+"""Live migration between two daemons: the sender's VM_migrate, the receiver's
+VM_receive_memory and its memory connection (spec behaviour §14, migration §4.3-§4.4).
+
+The engine owns the sequence; the sockets come from elsewhere. On the
+sender, connections are opened here from `xenops_url` (plain sockets and
+the `PUT` of `migrate.protocol`), but the one XML-RPC call,
+`VM.import_metadata`, needs the wire codecs, which live above the engine:
+the daemon injects it as `remote_import`. On the receiver, the transport
+that accepts connections handed over through `xenopsd.forwarded` calls
+`receive` with the socket; it blocks until the migration is over, as
+upstream's handler does, so the caller keeps the connection open that long.
+
+Statistics of the memory transfer (the save's rounds and bytes) and the
+downtime (from the suspend request on the sender to sync 4, which the
+receiver sends straight after unpausing the guest) are the task's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from xenopsd import log
+from xenopsd.api import jsontext, marshal
+from xenopsd.api.errors import Cancelled, InternalError, XenopsError
+from xenopsd.api.vm import VmId
+from xenopsd.backends.interface import RenameWhen, SaveFlag
+from xenopsd.migrate import protocol
+from xenopsd.migrate.protocol import HandshakeError, read_frame
+from xenopsd.migrate.save import SaveStats
+from xenopsd.server.engine import Engine
+from xenopsd.server.hooks import Hook, Reason
+from xenopsd.server.tasks import TaskHandle
+
+logger = log.get(__name__)
+
+RemoteImport = Callable[[str, str, str], str]
+"""(xenops_url, dbg, metadata JSON) -> the id the destination registered."""
+
+MEM_TIMEOUT = 60.0
+"""How long the receiver waits for the memory connection after the sender's ACK."""
+
+
+def _no_remote(url: str, dbg: str, metadata: str) -> str:
+    raise InternalError("this daemon has no client for remote xenopsd calls")
+
+
+def error_text(exc: BaseException) -> str:
+    """What goes in an error frame: a xenopsd error as JSON, anything else as text."""
+    if isinstance(exc, XenopsError):
+        return jsontext.dumps(marshal.encode(XenopsError, exc))
+    return str(exc) or type(exc).__name__
+
+
+def remote_error(text: str) -> XenopsError:
+    """The error a remote frame carried, decoded where it is a xenopsd error."""
+    try:
+        err = marshal.decode(XenopsError, jsontext.loads(text))
+    except (ValueError, marshal.MarshalError):
+        return InternalError(text)
+    assert isinstance(err, XenopsError)
+    return err
+
+
+@dataclass
+class _MemConnection:
+    sock: socket.socket
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _shutdown(socks: list[socket.socket]) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+
+
+class Migrations:
+    def __init__(
+        self,
+        engine: Engine,
+        export_metadata: Callable[[VmId], str],
+        remove: Callable[[TaskHandle, VmId], None],
+        instance_id: str,
+    ) -> None:
+        self.engine = engine
+        self.export_metadata = export_metadata
+        self.remove = remove
+        self.instance_id = instance_id
+        self.remote_import: RemoteImport = _no_remote
+        self._mem: dict[VmId, _MemConnection] = {}
+        self._mem_cond = threading.Condition()
+
+    # ---- sender (spec §14.1) ------------------------------------------------
+
+    def send(self, task: TaskHandle, vm_id: VmId, url: str, compress: bool) -> dict[str, Any]:
+        e = self.engine
+        vm = e.db.vm(vm_id)
+        if len(vm_id) < protocol.ID_PREFIX:
+            raise InternalError(f"VM id {vm_id} is too short to be migrated")
+        e.backend.vm_assert_can_save(vm)
+        try:
+            target = protocol.parse_url(url)
+        except ValueError as exc:
+            raise InternalError(str(exc)) from None
+        tmp_src, tmp_dst = protocol.tmp_source_id(vm_id), protocol.tmp_dest_id(vm_id)
+        e.perform(e.a_hook(vm_id, Hook.pre_migrate, Reason.source), task)
+        e.queues.alias(vm_id, tmp_src)
+        started = time.monotonic()
+        self.remote_import(url, task.dbg, self.export_metadata(vm_id).replace(vm_id, tmp_dst))
+        state = e.backend.vm_get_state(vm)
+        cookies = {
+            "instance_id": self.instance_id,
+            "final_id": vm_id,
+            "dbg": task.dbg,
+            "mem_migration": protocol.MEM_MIGRATION_VERSION,
+        }
+        if compress:
+            cookies["compress"] = "zstd"
+        memory = {
+            "memory_limit": str(state.memory_limit),
+            "memory_total_source": str(state.memory_actual),
+        }
+        socks: list[socket.socket] = []
+        suspended_at = 0.0
+
+        def mark_suspend() -> None:
+            nonlocal suspended_at
+            suspended_at = time.monotonic()
+            logger.info("migrate.downtime_begin", vm=vm_id)
+
+        try:
+            with task.with_cancel(lambda: _shutdown(socks)):
+                ctl = self._open(target, "migrate/vm", tmp_dst, {**cookies, **memory}, socks)
+                self._sync(task, ctl, "sync 1")
+                mem = self._open(target, "migrate/mem", tmp_dst, cookies, socks)
+                self._sync(task, mem, "sync 1-mem")
+                ctl.sendall(protocol.success())
+                with compressed(mem, compress) as fd:
+                    e.perform(
+                        e.a_vm_save(vm_id, fd, None, (SaveFlag.Live,), on_suspend=mark_suspend),
+                        task,
+                    )
+                stats = protocol.REPORTS.take(task.id) or SaveStats()
+                mem.close()
+                e.perform(e.a_vm_rename(vm_id, tmp_src, RenameWhen.Pre_migration), task)
+                ctl.sendall(protocol.success())
+                try:
+                    read_frame(ctl)
+                except (HandshakeError, OSError) as exc:
+                    raise InternalError(
+                        f"VM {vm_id} may be running on the destination, but sync 4 failed: {exc}"
+                    ) from None
+                resumed_at = time.monotonic()
+        finally:
+            for s in socks:
+                s.close()
+        logger.info("migrate.downtime_end", vm=vm_id)
+        e.perform_atomics(
+            [
+                e.a_hook(tmp_src, Hook.pre_destroy, Reason.suspend),
+                *e.vm_shutdown_atoms(tmp_src, None),
+                e.a_hook(tmp_src, Hook.post_destroy, Reason.suspend),
+                e._leaf(f"VM_remove {tmp_src}", lambda t: self.remove(t, tmp_src), None),
+            ],
+            task,
+        )
+        result = statistics(stats, resumed_at - suspended_at, time.monotonic() - started)
+        logger.info("migrate.done", vm=vm_id, **result)
+        return result
+
+    def _open(
+        self,
+        target: protocol.Target,
+        route: str,
+        vm_id: VmId,
+        cookies: dict[str, str],
+        socks: list[socket.socket],
+    ) -> socket.socket:
+        try:
+            sock = target.connect(timeout=30.0)
+        except OSError as exc:
+            raise InternalError(f"cannot reach the destination for {route}: {exc}") from None
+        socks.append(sock)
+        sock.sendall(protocol.put_request(target, route, vm_id, cookies))
+        return sock
+
+    def _sync(self, task: TaskHandle, sock: socket.socket, what: str) -> None:
+        try:
+            read_frame(sock)
+        except HandshakeError as exc:
+            task.check_cancelled()
+            raise remote_error(str(exc)) from None
+        except OSError as exc:
+            task.check_cancelled()
+            raise InternalError(f"{what}: {exc}") from None
+
+    # ---- receiver (spec §14.2) ----------------------------------------------
+
+    def receive(self, route: protocol.Route, vm_id: VmId, cookies: dict[str, str],
+                sock: socket.socket) -> None:
+        """Serve one forwarded connection until its part of the migration is over."""
+        if route == "mem":
+            self._receive_mem(vm_id, sock)
+            return
+        if route == "vgpu":
+            sock.sendall(protocol.failure("vGPU migration is not supported"))
+            return
+        e = self.engine
+        task = e.tasks.create(cookies.get("dbg", f"receive_memory {vm_id}"))
+        final_id = cookies.get("final_id", vm_id)
+        e.queue(
+            task,
+            vm_id,
+            f"VM_receive_memory {vm_id}",
+            lambda t: self._receive_memory(t, vm_id, final_id, cookies, sock, route == "legacy"),
+            pool=e.receive_pool,
+        )
+        task.done.wait()
+        with contextlib.suppress(XenopsError):
+            e.tasks.destroy(task.id)
+
+    def _receive_mem(self, vm_id: VmId, sock: socket.socket) -> None:
+        conn = _MemConnection(sock)
+        with self._mem_cond:
+            self._mem[vm_id] = conn
+            self._mem_cond.notify_all()
+        try:
+            sock.sendall(protocol.success())
+            conn.done.wait()
+        finally:
+            with self._mem_cond:
+                if self._mem.get(vm_id) is conn:
+                    del self._mem[vm_id]
+
+    def _take_mem(self, vm_id: VmId) -> _MemConnection:
+        with self._mem_cond:
+            if not self._mem_cond.wait_for(lambda: vm_id in self._mem, MEM_TIMEOUT):
+                raise InternalError(f"no memory connection arrived for {vm_id}")
+            return self._mem[vm_id]
+
+    def _receive_memory(
+        self,
+        task: TaskHandle,
+        vm_id: VmId,
+        final_id: VmId,
+        cookies: dict[str, str],
+        ctl: socket.socket,
+        legacy: bool,
+    ) -> None:
+        e = self.engine
+        if final_id != vm_id:
+            e.queues.alias(vm_id, final_id)
+        try:
+            limit = int(cookies.get("memory_limit", "0"))
+            total = int(cookies.get("memory_total_source", "0"))
+            memory = (limit, total) if limit else None
+            e.perform(e.a_vm_create(vm_id, e.no_sharept(vm_id), memory, final_id), task)
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                ctl.sendall(protocol.failure(error_text(exc)))
+            raise
+        ctl.sendall(protocol.success())
+        conn: _MemConnection | None = None
+        try:
+            if legacy:
+                data = ctl
+            else:
+                read_frame(ctl)
+                conn = self._take_mem(vm_id)
+                data = conn.sock
+            with decompressed(data, cookies.get("compress") == "zstd") as fd:
+                e.perform(e.a_vm_restore(vm_id, fd, None), task)
+        except Exception as exc:
+            logger.warning("receive.restore_failed", vm=vm_id, error=str(exc))
+            self._discard(task, vm_id)
+        finally:
+            if conn is not None:
+                conn.done.set()
+        current = vm_id
+        try:
+            read_frame(ctl)
+            if e.db.vm_opt(vm_id) is None:
+                raise InternalError(f"the restore of {vm_id} failed")
+            if final_id != vm_id:
+                e.perform(e.a_vm_rename(vm_id, final_id, RenameWhen.Post_migration), task)
+                current = final_id
+            e.perform_atomics(
+                [
+                    *e.restore_devices_atoms(final_id),
+                    e.a_vm_unpause(final_id),
+                    e.a_vm_set_domain_action_request(final_id),
+                    e.a_hook(final_id, Hook.post_migrate, Reason.destination),
+                ],
+                task,
+            )
+            ctl.sendall(protocol.success())
+        except Exception as exc:
+            logger.warning("receive.failed", vm=current, error=str(exc))
+            if e.db.vm_opt(current) is not None:
+                self._discard(task, current, shutdown=True)
+            with contextlib.suppress(OSError):
+                ctl.sendall(protocol.failure(str(exc)))
+            raise
+
+    def _discard(self, task: TaskHandle, vm_id: VmId, shutdown: bool = False) -> None:
+        """Best effort: the half-received VM goes away, domain and records."""
+        e = self.engine
+        atoms = e.vm_shutdown_atoms(vm_id, None) if shutdown else [e.a_vm_destroy(vm_id)]
+        for atom in atoms:
+            try:
+                e.perform(atom, task)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                logger.info("receive.cleanup_step_failed", vm=vm_id, error=str(exc))
+        with contextlib.suppress(Exception):
+            self.remove(task, vm_id)
+
+
+def statistics(stats: SaveStats, downtime: float, total: float) -> dict[str, Any]:
+    """What an operator wants to know about a migration, in the task result and the log."""
+    return {
+        "bytes_sent": stats.bytes_sent,
+        "rounds": len(stats.rounds),
+        "pages_per_round": stats.pages_per_round,
+        "memory_seconds": round(stats.total_time, 4),
+        "throughput_bytes_per_second": int(stats.throughput),
+        "memory_downtime_seconds": round(stats.downtime, 4),
+        "downtime_seconds": round(downtime, 4),
+        "total_seconds": round(total, 4),
+    }
+
+
+@contextlib.contextmanager
+def compressed(sock: socket.socket, on: bool) -> Iterator[int]:
+    """The fd a save writes to: the socket, or a pipe that a thread compresses into it."""
+    if not on:
+        yield sock.fileno()
+        return
+    with _pump(sock, compress=True) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def decompressed(sock: socket.socket, on: bool) -> Iterator[int]:
+    """The fd a restore reads from: the socket, or a pipe a thread decompresses into."""
+    if not on:
+        yield sock.fileno()
+        return
+    with _pump(sock, compress=False) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def _pump(sock: socket.socket, compress: bool) -> Iterator[int]:
+    """zstd over the whole memory stream (spec §4.4.6), in a thread beside the save/restore."""
+    import os
+
+    import zstandard
+
+    r, w = os.pipe()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if compress:
+                cctx = zstandard.ZstdCompressor(level=1)
+                with (
+                    os.fdopen(r, "rb", buffering=0) as src,
+                    sock.makefile("wb") as raw,
+                    cctx.stream_writer(raw, closefd=False) as out,
+                ):
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+            else:
+                dctx = zstandard.ZstdDecompressor()
+                with (
+                    os.fdopen(w, "wb", buffering=0) as dst,
+                    sock.makefile("rb") as wire,
+                    dctx.stream_reader(wire, closefd=False) as zsrc,
+                ):
+                    while chunk := zsrc.read(1 << 20):
+                        dst.write(chunk)
+        except BaseException as exc:  # reported by the caller after the join
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="zstd", daemon=True)
+    thread.start()
+    mine = w if compress else r
+    try:
+        yield mine
+    finally:
+        os.close(mine)
+        if not compress:
+            _shutdown([sock])
+        thread.join()
+    if errors and compress:
+        raise InternalError(f"compressing the memory stream: {errors[0]}")
