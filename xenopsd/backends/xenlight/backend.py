@@ -465,12 +465,13 @@ class Xenlight(Backend):
         if record is None:
             return
         if record.domid is not None:
+            # unwatched first: the death we cause is not news for the engine
+            self._unwatch(record.domid)
             if self._info(record) is not None:
                 domid = record.domid
                 with suppress(DoesNotExist):  # it went away by itself meanwhile
                     self._run(task, vm.id, lambda: self.ctx.domain_destroy(domid,
                                                                            asynchronous=True))
-            self._unwatch(record.domid)
         if record.suspended:
             self._put(vm.id, replace(record, domid=None, disks={}, nics={}, pcis={}))
         else:
