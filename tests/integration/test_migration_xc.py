@@ -10,9 +10,11 @@ every connection over through `xenopsd.forwarded`.
 
 from __future__ import annotations
 
+import errno
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ import pytest
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from tests.relay import Relay, running_relay
-from xenopsd.api.errors import DoesNotExist, XenopsError
+from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError, XenopsError
 from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState
 from xenopsd.emu.client import EmuHypervisor
+from xenopsd.migrate import image, pageio, protocol
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
+from xenopsd.migrate.receive import receive
 from xenopsd.rpc.client import Client
 
 MEMORY = 64 << 20
@@ -136,3 +140,115 @@ def test_migrate_to_nowhere_leaves_the_vm_running(hosts: tuple[XcHost, XcHost]) 
     assert isinstance(err, XenopsError)
     assert ca.call("VM.stat", id=vid)[1].power_state is PowerState.Running
     success(ca, ca.call("VM.shutdown", id=vid, delay=None))
+
+
+def _eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> None:
+    """The receiver cleans up on its own worker after the sender has failed."""
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, what
+        time.sleep(0.05)
+
+
+def _domains(hv: EmuHypervisor) -> set[int]:
+    return {i.domid for i in hv.domain_getinfolist() if i.domid > 0 and not i.dying}
+
+
+def test_cancel_before_the_suspend_leaves_the_source_running_and_the_destination_clean(
+    hosts: tuple[XcHost, XcHost], relay: Relay
+) -> None:
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    dbg = f"cancel-{vid}"
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        before_b = _domains(hvb)
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        # the 4th cancellation point is the pre-copy policy after the first
+        # round: memory is moving, the guest has not been asked to suspend
+        ca.call("DEBUG.trigger", cmd="set-cancel-trigger", args=[dbg, "4"])
+        err = failure(ca, a.daemon.xml(dbg=dbg).call(
+            "VM.migrate", id=vid, vdi_map={}, vif_map={}, pci_map={}, xenops_url=relay.url,
+            compress=False, verify_dest=False, localhost_migration=False))
+        assert isinstance(err, Cancelled), err
+        state = ca.call("VM.stat", id=vid)[1]
+        assert state.power_state is PowerState.Running and state.domids == [src]
+        assert not hva.domain_getinfo(src).shutdown
+        _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
+        _eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        success(ca, ca.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
+        hvb.close()
+
+
+def test_failure_after_the_suspend_resumes_nothing_on_either_side(
+    hosts: tuple[XcHost, XcHost], relay: Relay
+) -> None:
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        before_b = _domains(hvb)
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        # the receiver fails after sync 3: it cannot unpause the new domain
+        hvb.fault_hypercall("domain_unpause", errno.EIO, -1)
+        try:
+            err = failure(ca, migrate(ca, vid, relay.url))
+        finally:
+            hvb.fault_clear()
+        assert isinstance(err, InternalError), err
+        assert "sync 4" in str(err)
+        # spec §4.4.4: the destination removed its copy; the source, suspended
+        # and renamed, is not resumed (the engine's check shut it down)
+        _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
+        _eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        assert src not in _domains(hva) or hva.domain_getinfo(src).shutdown
+        assert vid not in vm_ids(ca)
+        assert ca.call("VM.stat", id=tmp_source_id(vid))[1].power_state is not PowerState.Running
+    finally:
+        hva.close()
+        hvb.close()
+
+
+def test_legacy_single_connection_is_received(
+    hosts: tuple[XcHost, XcHost], relay: Relay, tmp_path: Path
+) -> None:
+    """An old sender: `PUT .../memory/<id>`, no `mem_migration` cookie; sync 1,
+    the image, sync 3 and sync 4 on the one connection (spec §4.4.1)."""
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    path = tmp_path / "legacy.img"
+    md = ca.call("VM.export_metadata", id=vid)
+    success(ca, ca.call("VM.suspend", id=vid, suspend_vdi=LocalDisk(str(path))))
+    tmp = tmp_dest_id(vid)
+    cb.call("VM.import_metadata", metadata=md.replace(vid, tmp))
+    target = protocol.parse_url(relay.url)
+    with target.connect() as sock:
+        sock.sendall(protocol.put_request(target, "memory", tmp, {"final_id": vid, "dbg": "old"}))
+        protocol.read_frame(sock)
+        sock.sendall(path.read_bytes())
+        sock.sendall(protocol.success())
+        protocol.read_frame(sock)
+    state = cb.call("VM.stat", id=vid)[1]
+    assert state.power_state is PowerState.Running
+    assert tmp not in vm_ids(cb)
+    hvb = b.emu.client()
+    try:
+        got = memory_of(hvb, state.domids[0])
+    finally:
+        hvb.close()
+    assert got[: len(_image_pages(path, len(got)))] == _image_pages(path, len(got))
+    success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+
+
+def _image_pages(path: Path, nr_pfns: int) -> list[bytes]:
+    buf = bytearray(nr_pfns * 4096)
+    with open(path, "rb") as f:
+        got = receive(f.fileno(), image.ImageReader(nr_pfns=nr_pfns), buf, pageio.load())
+    assert got.pages
+    return page_digests(bytes(buf), nr_pfns)
