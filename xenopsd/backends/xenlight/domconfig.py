@@ -156,7 +156,7 @@ def disk(vbd: Vbd, position: DeviceNumber) -> Json:
         raise Unimplemented(f"backend-kind {kind} on the xenlight backend")
     out: Json = {"vdev": devnum.linux_name(position)}
     cdrom = vbd.ty is VbdType.CDROM
-    if vbd.ty is VbdType.Floppy:
+    if vbd.ty is VbdType.Floppy or position[0] is BusType.Floppy:
         raise Unimplemented("floppy VBDs on the xenlight backend")
     if vbd.backend is None:
         if not cdrom:
