@@ -1,0 +1,128 @@
+"""The fd handover of `xenopsd.forwarded` and the handshake pieces (spec migration §4.4)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenopsd.migrate import protocol
+from xenopsd.rpc import forwarded
+
+
+def test_parse_reads_what_xapi_sends() -> None:
+    cookie = {"final_id": "x", "dbg": "d", "mem_migration": "v"}
+    req = forwarded.parse(forwarded.describe("/services/xenops/migrate/vm/abc", cookie,
+                                             {"session_id": "OpaqueRef:1"}))
+    assert req.path == "/services/xenops/migrate/vm/abc"
+    assert req.cookie == cookie and req.query == {"session_id": "OpaqueRef:1"}
+    # association lists may also come as lists of pairs
+    pairs = json.dumps({"path": "/p", "cookie": [["a", "b"]]}).encode()
+    assert forwarded.parse(pairs).cookie == {"a": "b"}
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"not json", b"[]", b'{"path": 3}', b'{"path": ""}', b'{"path": "/p", "cookie": 1}',
+    b'{"path": "/p", "cookie": {"a": 1}}', b'{"path": "/p", "body": 2}',
+    b'{"path": "/p", "x": "' + b"a" * 20000 + b'"}', b"\xff\xfe",
+])
+def test_parse_rejects_malformed_descriptions(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        forwarded.parse(data)
+
+
+@given(st.binary(max_size=300) | st.from_regex(r'\{"path": ?"[^"]*"(, ?"\w+": ?.{0,20})?\}'))
+def test_parse_fails_only_with_value_error(data: bytes | str) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    with contextlib.suppress(ValueError):
+        forwarded.parse(raw)
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/services/xenops/memory/abc", ("legacy", "abc")),
+    ("/services/xenops/migrate/vm/abc", ("vm", "abc")),
+    ("/services/xenops/migrate/mem/abc", ("mem", "abc")),
+    ("/services/xenops/migrate/vgpu/abc.0", ("vgpu", "abc.0")),
+    ("/services/xenops/migrate-vgpu/abc", ("vgpu", "abc")),
+    ("/services/xenops/migrate/vm/", None),
+    ("/services/xenops/other/abc", None),
+    ("/elsewhere", None),
+])
+def test_routes_by_path_prefix(path: str, expected: tuple[str, str] | None) -> None:
+    assert protocol.route(path) == expected
+
+
+def test_temporary_ids() -> None:
+    vm = "0b7c9e8e-5d3c-4f1a-9a51-123456789abc"
+    assert protocol.tmp_dest_id(vm) == "0b7c9e8e-5d3c-4f1a-9a51-000000000001"
+    assert protocol.tmp_source_id(vm) == "0b7c9e8e-5d3c-4f1a-9a51-000000000000"
+
+
+def test_frames() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(protocol.success() + protocol.failure("boom"))
+        protocol.read_frame(b)
+        with pytest.raises(protocol.HandshakeError, match="boom"):
+            protocol.read_frame(b)
+        a.sendall(b"HTTP/1.1 404 Not Found\r\n\r\n")
+        with pytest.raises(protocol.HandshakeError, match="404"):
+            protocol.read_frame(b)
+        a.close()
+        with pytest.raises(protocol.HandshakeError, match="End_of_file"):
+            protocol.read_frame(b)
+    long = protocol.failure("x" * 100000)
+    assert int.from_bytes(long[:2], "big") == protocol.MAX_MESSAGE == len(long) - 2
+
+
+def test_cookie_parsing_as_xapi_does() -> None:
+    assert protocol.parse_cookie("a=1; $Version=1, b=2;c=") == {"a": "1", "b": "2", "c": ""}
+
+
+def _hand_over(description: bytes, with_fd: bool) -> tuple[list[tuple[str, str, dict[str, str]]],
+                                                          bytes, bytes]:
+    """Run one hand-over; returns the handler's calls, what the client and xapi saw."""
+    calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def handler(kind: protocol.Route, vm_id: str, cookie: dict[str, str],
+                sock: socket.socket) -> None:
+        calls.append((kind, vm_id, cookie))
+        sock.sendall(protocol.success())
+
+    xapi, xenopsd = socket.socketpair()
+    client, server_side = socket.socketpair()
+    with xapi, client:
+        worker = threading.Thread(target=forwarded._handle, args=(xenopsd, handler))
+        worker.start()
+        socket.send_fds(xapi, [description], [server_side.fileno()] if with_fd else [])
+        server_side.close()  # xapi's copy; xenopsd holds its own until it is done
+        worker.join(10)
+        assert not worker.is_alive()
+        client.settimeout(10)
+        xapi.settimeout(10)
+        seen_by_client = client.recv(200) if with_fd else b""
+        seen_by_xapi = xapi.recv(200)
+    return calls, seen_by_client, seen_by_xapi
+
+
+def test_handover_runs_the_handler_with_the_connection() -> None:
+    desc = forwarded.describe("/services/xenops/migrate/mem/abc", {"dbg": "t"})
+    calls, client, xapi = _hand_over(desc, with_fd=True)
+    assert calls == [("mem", "abc", {"dbg": "t"})]
+    assert client == protocol.success()
+    assert xapi == b""  # closed with no response: success
+
+
+def test_unknown_path_gets_404_on_the_connection() -> None:
+    calls, client, _ = _hand_over(forwarded.describe("/services/xenops/nope/x", {}), True)
+    assert not calls and client.startswith(b"HTTP/1.1 404")
+
+
+def test_no_fd_gets_404_to_xapi() -> None:
+    calls, _, xapi = _hand_over(forwarded.describe("/services/xenops/migrate/vm/x", {}), False)
+    assert not calls and xapi.startswith(b"HTTP/1.1 404")
