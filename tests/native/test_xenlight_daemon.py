@@ -143,3 +143,32 @@ def test_restart_finds_its_domains(tmp_path: Path, mock_libs: dict[str, Path]) -
         assert _power(c, vm_id) is PowerState.Halted
     finally:
         d.stop()
+
+
+def test_moving_a_vm_between_xc_and_xenlight_and_back(
+        xenlight: Daemon, tmp_path: Path) -> None:
+    """The seed architecture's point: classic (xc, here on the emulated host) <-> xenlight."""
+    from tests.integration.test_xc_support import running_xc_host
+
+    with running_xc_host(tmp_path / "classic") as classic:
+        cc, cx = classic.daemon.json(), xenlight.json()
+        vm_id = str(uuid.uuid4())
+        cc.call("VM.add", vm=make_vm(vm_id, name="traveller"))
+        cc.call("VBD.add", vbd=make_vbd(vm_id, "xvda", backend=LocalDisk("/dev/vg/t")))
+        cc.call("VIF.add", vif=make_vif(vm_id, 0, mac="00:16:3e:00:00:0a"))
+        success(cc, cc.call("VM.start", id=vm_id, paused=False))
+        success(cc, cc.call("VM.unpause", id=vm_id))
+        assert _power(cc, vm_id) is PowerState.Running
+
+        for source, target in ((cc, cx), (cx, cc)):
+            success(source, source.call("VM.shutdown", id=vm_id, delay=None))
+            metadata = source.call("VM.export_metadata", id=vm_id)
+            source.call("VM.remove", id=vm_id)
+            assert target.call("VM.import_metadata", metadata=metadata) == vm_id
+            success(target, target.call("VM.start", id=vm_id, paused=False))
+            success(target, target.call("VM.unpause", id=vm_id))
+            vm, state = target.call("VM.stat", id=vm_id)
+            assert (vm.name, state.power_state) == ("traveller", PowerState.Running)
+            assert target.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
+            assert target.call("VIF.stat", id=(vm_id, "0"))[1].plugged
+            assert not source.call("VM.exists", id=vm_id)
