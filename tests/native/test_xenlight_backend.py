@@ -118,6 +118,16 @@ def _start(b: Any, vm: Vm, vbds: list[Any], vifs: list[Any]) -> None:
 
 # ---- cases (run in the preloaded child) --------------------------------------
 
+def case_host() -> None:
+    b, _, _ = _backend()
+    host = b.host_stat()  # the mock's host: 8 CPUs, 2 threads x 4 cores, 16 GiB, Xen 4.17
+    assert (host.cpu_info.cpu_count, host.cpu_info.socket_count,
+            host.cpu_info.threads_per_core) == (8, 1, 2)
+    assert host.hypervisor.version == "4.17.7-mock" and host.chipset_info.hvm
+    assert b.host_get_total_memory_mib() == 16384
+    b.close()
+
+
 def case_start_hotplug_and_destroy() -> None:
     b, _, store = _backend()
     vm = make_vm(VM1, hvm=True)

@@ -363,8 +363,8 @@ class Xenlight(Backend):
                 version=f"{version.get('major')}.{version.get('minor')}"
                         f"{version.get('extra', '')}",
                 capabilities=str(version.get("capabilities", ""))),
-            chipset_info=ChipsetInfo(iommu=bool(phys.get("cap_hvm_directio", False)),
-                                     hvm=bool(phys.get("cap_hvm", False))),
+            # the binding's physinfo carries no IOMMU capability: say none rather than guess
+            chipset_info=ChipsetInfo(iommu=False, hvm=bool(phys.get("cap_hvm", False))),
         )
 
     def host_get_console_data(self) -> str:
