@@ -172,3 +172,40 @@ def test_moving_a_vm_between_xc_and_xenlight_and_back(
             assert target.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
             assert target.call("VIF.stat", id=(vm_id, "0"))[1].plugged
             assert not source.call("VM.exists", id=vm_id)
+
+
+def _wait_power(c: Client, vm_id: str, want: PowerState, domids_not: list[int]) -> None:
+    """Long-poll the update stream until the VM reaches `want` on a domain not in `domids_not`."""
+    last = c.call("UPDATES.last_id")
+    for _ in range(200):
+        state = c.call("VM.stat", id=vm_id)[1]
+        if state.power_state is want and not set(state.domids) & set(domids_not):
+            return
+        _, _, last = c.call("UPDATES.get", last_id=last, timeout=5)
+    raise AssertionError(f"{vm_id} never reached {want}: {c.call('VM.stat', id=vm_id)[1]}")
+
+
+def test_guest_halt_is_noticed_and_cleaned_up(xenlight: Daemon) -> None:
+    """The guest powers off by itself: libxl's event -> state check -> on_shutdown."""
+    c = xenlight.json()
+    vm_id = str(uuid.uuid4())
+    c.call("VM.add", vm=make_vm(vm_id))
+    c.call("VBD.add", vbd=make_vbd(vm_id, "xvda", backend=LocalDisk("/dev/vg/h")))
+    success(c, c.call("VM.start", id=vm_id, paused=False))
+    success(c, c.call("VM.unpause", id=vm_id))
+    c.call("DEBUG.trigger", cmd="halt", args=[vm_id])
+    _wait_power(c, vm_id, PowerState.Halted, [])
+    assert not c.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
+
+
+@pytest.mark.slow
+def test_guest_reboot_is_noticed_and_restarted(xenlight: Daemon) -> None:
+    """A guest reboot within 120 s of start is delayed 15 s, as upstream does on Xen."""
+    c = xenlight.json()
+    vm_id = str(uuid.uuid4())
+    c.call("VM.add", vm=make_vm(vm_id))
+    success(c, c.call("VM.start", id=vm_id, paused=False))
+    success(c, c.call("VM.unpause", id=vm_id))
+    first = c.call("VM.stat", id=vm_id)[1].domids
+    c.call("DEBUG.trigger", cmd="reboot", args=[vm_id])
+    _wait_power(c, vm_id, PowerState.Running, first)

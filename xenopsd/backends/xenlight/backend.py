@@ -913,6 +913,16 @@ class Xenlight(Backend):
     # ---- DEBUG -------------------------------------------------------------------
 
     def debug_trigger(self, cmd: str, args: list[str]) -> None:
+        """`reboot`/`halt` [vm]: the guest goes down as if by itself, without the engine asking.
+
+        Only libxl is told; what follows (the event, the state check, the
+        restart or clean-up) is the same path a guest's own shutdown takes.
+        """
+        if cmd in ("reboot", "halt") and len(args) == 1:
+            _, domid = self._need(args[0])
+            request = self.ctx.domain_reboot if cmd == "reboot" else self.ctx.domain_shutdown
+            self._call(args[0], request, domid)
+            return
         raise Unimplemented(cmd)
 
 
