@@ -26,13 +26,18 @@ MAX_HEAD = 65536
 
 class Relay:
     def __init__(self, sockets: Path, unix_path: Path | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", listener: socket.socket | None = None) -> None:
         """`sockets`: the destination daemon's sockets directory; listen on
-        `unix_path` if given, else on an ephemeral TCP port of `host`."""
+        `listener` (a bound TCP socket, e.g. made in another network
+        namespace), on `unix_path`, or on an ephemeral TCP port of `host`."""
         self.xml_socket = str(sockets / "xenopsd")
         self.forwarded = str(sockets / "xenopsd.forwarded")
         self.handed_over: list[str] = []
-        if unix_path is not None:
+        if listener is not None:
+            self.listener = listener
+            address, port = listener.getsockname()[:2]
+            self.url = f"http://{address}:{port}/services/xenops?session_id=OpaqueRef:test"
+        elif unix_path is not None:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(str(unix_path))
             quoted = urllib.parse.quote(str(unix_path), safe="")
@@ -96,8 +101,9 @@ class Relay:
 
 
 @contextlib.contextmanager
-def running_relay(sockets: Path, unix_path: Path | None = None) -> Iterator[Relay]:
-    relay = Relay(sockets, unix_path)
+def running_relay(sockets: Path, unix_path: Path | None = None,
+                  listener: socket.socket | None = None) -> Iterator[Relay]:
+    relay = Relay(sockets, unix_path, listener=listener)
     try:
         yield relay
     finally:

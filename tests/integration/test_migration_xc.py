@@ -10,8 +10,14 @@ every connection over through `xenopsd.forwarded`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
+import os
+import socket
+import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,11 +50,68 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XcHost, Xc
         yield a, b
 
 
-@pytest.fixture(params=["unix", "tcp"])
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def other_network_namespace() -> Iterator[socket.socket]:
+    """A TCP listener in a network namespace of its own, reached over a veth
+    pair (10.231.0.1 here, 10.231.0.2 there); skips where namespaces are refused."""
+    name, here, there = f"xm{os.getpid()}", f"xm{os.getpid()}a", f"xm{os.getpid()}b"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+        ["ip", "link", "set", there, "netns", name],
+        ["ip", "addr", "add", "10.231.0.1/30", "dev", here],
+        ["ip", "link", "set", here, "up"],
+        ["ip", "netns", "exec", name, "ip", "addr", "add", "10.231.0.2/30", "dev", there],
+        ["ip", "netns", "exec", name, "ip", "link", "set", there, "up"],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        made: list[socket.socket] = []
+
+        def listen_there() -> None:  # setns moves only this thread
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            made.append(socket.create_server(("10.231.0.2", 0)))
+
+        worker = threading.Thread(target=listen_there)
+        worker.start()
+        worker.join()
+        if not made:
+            raise OSError("no listener in the namespace")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        pytest.skip(f"network namespaces not available here: {exc}")
+    try:
+        yield made[0]
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(params=["unix", "tcp", "netns"])
 def relay(request: pytest.FixtureRequest, hosts: tuple[XcHost, XcHost]) -> Iterator[Relay]:
     sockets = hosts[1].daemon.sockets
     if request.param == "tcp":
         with running_relay(sockets) as r:
+            yield r
+        return
+    if request.param == "netns":
+        with other_network_namespace() as listener, \
+                running_relay(sockets, listener=listener) as r:
+            port = listener.getsockname()[1]
+            # not on this namespace's loopback: the connection crosses the veth
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), 2).close()
             yield r
         return
     with tempfile.TemporaryDirectory(prefix="relay", dir="/tmp") as d, \
