@@ -17,6 +17,7 @@ import pytest
 
 from tests.daemon import Daemon, start_daemon
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
+from xenopsd.api.devices import Pci, PciAddress
 from xenopsd.api.errors import BadPowerState, InvalidVcpus
 from xenopsd.api.vm import LocalDisk, PowerState
 from xenopsd.rpc.client import Client
@@ -75,8 +76,30 @@ def test_lifecycle_through_the_engine(xenlight: Daemon, tmp_path: Path) -> None:
     success(c, c.call("VM.unpause", id=vm_id))
     assert _power(c, vm_id) is PowerState.Running
 
+    success(c, c.call("VM.pause", id=vm_id))
+    assert _power(c, vm_id) is PowerState.Paused
+    success(c, c.call("VM.unpause", id=vm_id))
+    domids = c.call("VM.stat", id=vm_id)[1].domids
+    success(c, c.call("VM.reboot", id=vm_id, delay=None))  # hard reboot: a new domain
+    state = c.call("VM.stat", id=vm_id)[1]
+    assert state.power_state is PowerState.Running and state.domids != domids
+    assert c.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
+
     success(c, c.call("VM.shutdown", id=vm_id, delay=None))
     assert _power(c, vm_id) is PowerState.Halted
+    assert not c.call("VBD.stat", id=(vm_id, "xvda"))[1].plugged
+
+
+def test_pci_passthrough_is_plugged_after_the_build(xenlight: Daemon) -> None:
+    c = xenlight.json()
+    vm_id = str(uuid.uuid4())
+    c.call("VM.add", vm=make_vm(vm_id, hvm=True, pci_msitranslate=True))
+    c.call("PCI.add", pci=Pci(id=(vm_id, "0"), position=0,
+                              address=PciAddress(domain=0, bus=3, dev=0, fn=0)))
+    success(c, c.call("VM.start", id=vm_id, paused=False))
+    assert c.call("PCI.stat", id=(vm_id, "0"))[1].plugged
+    success(c, c.call("VM.shutdown", id=vm_id, delay=None))
+    assert not c.call("PCI.stat", id=(vm_id, "0"))[1].plugged
 
 
 def test_clean_shutdown_waits_for_libxls_shutdown_event(xenlight: Daemon) -> None:
