@@ -29,9 +29,10 @@ import pytest
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from tests.relay import Relay, running_relay
+from xenopsd.api.devices import LocalNetwork, Network
 from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError, XenopsError
 from xenopsd.api.task import Completed
-from xenopsd.api.vm import LocalDisk, PowerState
+from xenopsd.api.vm import LocalDisk, PowerState, VdiDisk
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.migrate import image, pageio, protocol
 from xenopsd.migrate.memguest import page_digests
@@ -124,14 +125,18 @@ def running_vm(c: Client, hvm: bool = False) -> str:
     c.call("VM.add", vm=make_vm(vid, hvm=hvm, memory_static_max=MEMORY,
                                 memory_dynamic_max=MEMORY, memory_dynamic_min=MEMORY))
     c.call("VBD.add", vbd=make_vbd(vid, "xvda", backend=LocalDisk("/dev/sda")))
+    c.call("VBD.add", vbd=make_vbd(vid, "xvdb", backend=VdiDisk("sr/source-vdi")))
     c.call("VIF.add", vif=make_vif(vid, 0))
     success(c, c.call("VM.start", id=vid, paused=False))
     success(c, c.call("VM.unpause", id=vid))
     return vid
 
 
-def migrate(c: Client, vid: str, url: str, compress: bool = False) -> str:
-    task: str = c.call("VM.migrate", id=vid, vdi_map={}, vif_map={}, pci_map={},
+def migrate(c: Client, vid: str, url: str, compress: bool = False,
+            vdi_map: dict[str, str] | None = None,
+            vif_map: dict[str, Network] | None = None) -> str:
+    task: str = c.call("VM.migrate", id=vid, vdi_map=vdi_map or {}, vif_map=vif_map or {},
+                       pci_map={},
                        xenops_url=url, compress=compress, verify_dest=False,
                        localhost_migration=False)
     return task
@@ -162,7 +167,9 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
         source = hva.map_memory(src)
         try:
-            task = success(ca, migrate(ca, vid, relay.url, compress))
+            task = success(ca, migrate(ca, vid, relay.url, compress,
+                                       vdi_map={"sr/source-vdi": "sr/dest-vdi"},
+                                       vif_map={"0": LocalNetwork("xenbr1")}))
             final = page_digests(source.memory, source.log.top_populated())
         finally:
             source.close()
@@ -176,7 +183,10 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         state = cb.call("VM.stat", id=vid)[1]
         assert state.power_state is PowerState.Running
         assert cb.call("VBD.stat", id=(vid, "xvda"))[1].plugged
-        assert cb.call("VIF.stat", id=(vid, "0"))[1].plugged
+        vif = cb.call("VIF.stat", id=(vid, "0"))
+        assert vif[1].plugged and vif[0].backend == LocalNetwork("xenbr1")
+        vdi = cb.call("VBD.stat", id=(vid, "xvdb"))
+        assert vdi[1].plugged and vdi[0].backend == VdiDisk("sr/dest-vdi")
         assert memory_of(hvb, state.domids[0])[: len(final)] == final
         # the statistics a migration's user wants are the task's result
         assert isinstance(task.state, Completed)

@@ -27,6 +27,7 @@ from typing import Any
 
 from xenopsd import log
 from xenopsd.api import jsontext, marshal
+from xenopsd.api.devices import Network
 from xenopsd.api.errors import Cancelled, InternalError, XenopsError
 from xenopsd.api.vm import VmId
 from xenopsd.backends.interface import RenameWhen, SaveFlag
@@ -83,7 +84,7 @@ class Migrations:
     def __init__(
         self,
         engine: Engine,
-        export_metadata: Callable[[VmId], str],
+        export_metadata: Callable[[VmId, dict[str, str], dict[str, Network]], str],
         remove: Callable[[TaskHandle, VmId], None],
         instance_id: str,
     ) -> None:
@@ -97,7 +98,15 @@ class Migrations:
 
     # ---- sender (spec §14.1) ------------------------------------------------
 
-    def send(self, task: TaskHandle, vm_id: VmId, url: str, compress: bool) -> dict[str, Any]:
+    def send(
+        self,
+        task: TaskHandle,
+        vm_id: VmId,
+        url: str,
+        compress: bool,
+        vdi_map: dict[str, str],
+        vif_map: dict[str, Network],
+    ) -> dict[str, Any]:
         e = self.engine
         vm = e.db.vm(vm_id)
         if len(vm_id) < protocol.ID_PREFIX:
@@ -111,7 +120,8 @@ class Migrations:
         e.perform(e.a_hook(vm_id, Hook.pre_migrate, Reason.source), task)
         e.queues.alias(vm_id, tmp_src)
         started = time.monotonic()
-        self.remote_import(url, task.dbg, self.export_metadata(vm_id).replace(vm_id, tmp_dst))
+        metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
+        self.remote_import(url, task.dbg, metadata)
         state = e.backend.vm_get_state(vm)
         cookies = {
             "instance_id": self.instance_id,

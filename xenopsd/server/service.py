@@ -63,7 +63,7 @@ from xenopsd.api.marshal import MarshalError
 from xenopsd.api.metadata import Metadata
 from xenopsd.api.task import Task, TaskId
 from xenopsd.api.updates import UpdatesResult, VmUpdate
-from xenopsd.api.vm import PV, Disk, PowerState, Vm, VmId, VmState
+from xenopsd.api.vm import PV, Disk, PowerState, VdiDisk, Vm, VmId, VmState
 from xenopsd.backends.interface import Backend
 from xenopsd.config import Config
 from xenopsd.migrate.protocol import tmp_source_id
@@ -119,8 +119,7 @@ class Service:
         self.updates = self.engine.updates
         self.tasks = self.engine.tasks
         self.migrations = Migrations(
-            self.engine, lambda vm_id: self.vm_export_metadata("", vm_id), self._do_vm_remove,
-            self.instance_id,
+            self.engine, self.export_metadata, self._do_vm_remove, self.instance_id
         )
         self.numa_policy: NumaAffinityPolicy | None = None
         self.observers: dict[str, dict[str, Any]] = {}
@@ -541,7 +540,7 @@ class Service:
 
         def run(t: TaskHandle) -> Any:
             try:
-                return self.migrations.send(t, id, xenops_url, compress)
+                return self.migrations.send(t, id, xenops_url, compress, vdi_map, vif_map)
             except Exception:
                 for target in cleanup:
                     self.engine.immediate_check(target)
@@ -552,16 +551,31 @@ class Service:
 
     # VM: metadata (spec §6.6)
     def vm_export_metadata(self, debug_info: str, id: VmId) -> str:
+        return self.export_metadata(id, {}, {})
+
+    def export_metadata(
+        self, id: VmId, vdi_map: dict[str, str], vif_map: dict[str, Network]
+    ) -> str:
+        """The VM and its devices; a migration's maps name the destination's disks and networks."""
         vm = self.db.vm(id)
         try:
-            domains: str | None = self.backend.vm_get_internal_state({}, {}, vm)
+            domains: str | None = self.backend.vm_get_internal_state(vdi_map, vif_map, vm)
         except XenopsError as exc:
             logger.debug("export.no_internal_state", vm=id, error=str(exc))
             domains = None
+
+        def vbd(v: Vbd) -> Vbd:
+            if isinstance(v.backend, VdiDisk) and v.backend.locator in vdi_map:
+                return replace(v, backend=VdiDisk(vdi_map[v.backend.locator]))
+            return v
+
+        def vif(v: Vif) -> Vif:
+            return replace(v, backend=vif_map[v.id[1]]) if v.id[1] in vif_map else v
+
         md = Metadata(
             vm=vm,
-            vbds=self.db.devices(VBD, id),
-            vifs=self.db.devices(VIF, id),
+            vbds=[vbd(v) for v in self.db.devices(VBD, id)],
+            vifs=[vif(v) for v in self.db.devices(VIF, id)],
             pcis=self.db.devices(PCI, id),
             vgpus=self.db.devices(VGPU, id),
             vusbs=self.db.devices(VUSB, id),
