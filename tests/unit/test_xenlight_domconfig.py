@@ -29,6 +29,7 @@ from xenopsd.api.vm import (
     PVinPVH,
     SchedulerParams,
 )
+from xenopsd.backends.xc.backend import vm_uuid
 from xenopsd.backends.xenlight import domconfig
 
 VM = "0c0ffee0-0000-4000-8000-000000000001"
@@ -48,7 +49,10 @@ def test_memory_vcpus_affinity_and_actions() -> None:
     assert b["sched_params"] == {"weight": 256}  # cap 0 is libxl's default
     assert (cfg["on_reboot"], cfg["on_crash"]) == ("restart", "coredump_destroy")
     assert "on_poweroff" not in cfg  # destroy is the default
-    assert cfg["c_info"] == {"type": "pv", "name": f"vm-{VM}", "uuid": VM}
+    assert cfg["c_info"] == {"type": "pv", "name": VM, "uuid": VM}
+    # ids that are not UUIDs (tests, the CLI) get xc's stable name-based handle
+    other = domconfig.domain_config(make_vm("vm1"), [], [], [])["c_info"]
+    assert other["uuid"] == other["name"] == str(vm_uuid("vm1"))
     assert b["kernel"] == "/boot/vmlinuz" and b["type.pv"] == {}
 
 

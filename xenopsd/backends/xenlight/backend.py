@@ -426,10 +426,7 @@ class Xenlight(Backend):
         record = self._get(vm.id)
         if record is None:
             raise DoesNotExist("domain", vm.id)
-        config = domconfig.domain_config(vm, vbds, vifs, [])
-        config["c_info"]["uuid"] = record.handle
-        config["c_info"]["name"] = record.handle  # libxl needs unique names; the VM's may repeat
-        return config, record
+        return domconfig.domain_config(vm, vbds, vifs, []), record
 
     def _built(self, vm_id: VmId, record: Record, domid: int, config: dict[str, Any],
                vbds: list[Vbd], vifs: list[Vif]) -> None:

@@ -47,6 +47,7 @@ from xenopsd.api.vm import (
     Vm,
 )
 from xenopsd.backends.xc import devnum
+from xenopsd.backends.xc.backend import vm_uuid
 
 Json = dict[str, Any]
 
@@ -247,7 +248,9 @@ def disk_positions(vm: Vm, vbds: list[Vbd]) -> list[DeviceNumber]:
 
 def domain_config(vm: Vm, vbds: list[Vbd], vifs: list[Vif], pcis: list[Pci]) -> Json:
     validate(vm, vbds, vifs, pcis)
-    c_info: Json = {"type": domain_type(vm), "name": vm.name, "uuid": vm.id}
+    handle = str(vm_uuid(vm.id))
+    # libxl needs unique domain names and VM names may repeat: the name is the handle
+    c_info: Json = {"type": domain_type(vm), "name": handle, "uuid": handle}
     if vm.ssidref:
         c_info["ssidref"] = vm.ssidref
     if isinstance(vm.ty, HVM):
