@@ -325,3 +325,33 @@ def _image_pages(path: Path, nr_pfns: int) -> list[bytes]:
         got = receive(f.fileno(), image.ImageReader(nr_pfns=nr_pfns), buf, pageio.load())
     assert got.pages
     return page_digests(bytes(buf), nr_pfns)
+
+
+def test_localhost_migration_moves_the_guest_to_a_new_domain(
+    hosts: tuple[XcHost, XcHost], tmp_path: Path
+) -> None:
+    """Both ends in one daemon: the temporary ids keep the two copies apart."""
+    a, _ = hosts
+    ca = a.daemon.xml()
+    vid = running_vm(ca)
+    hva = a.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        source = hva.map_memory(src)
+        try:
+            with running_relay(a.daemon.sockets, tmp_path / "xapi") as r:
+                success(ca, ca.call("VM.migrate", id=vid, vdi_map={}, vif_map={}, pci_map={},
+                                    xenops_url=r.url, compress=False, verify_dest=False,
+                                    localhost_migration=True))
+            final = page_digests(source.memory, source.log.top_populated())
+        finally:
+            source.close()
+        state = ca.call("VM.stat", id=vid)[1]
+        assert state.power_state is PowerState.Running and state.domids != [src]
+        assert src not in _domains(hva)
+        assert not {tmp_source_id(vid), tmp_dest_id(vid)} & vm_ids(ca)
+        assert memory_of(hva, state.domids[0])[: len(final)] == final
+        success(ca, ca.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
