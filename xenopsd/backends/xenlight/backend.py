@@ -173,6 +173,8 @@ class Xenlight(Backend):
         self._changed = threading.Condition(self._lock)
         """Notified on every libxl event, so waits for a shutdown end at once."""
         self._records: dict[VmId, Record] = {}
+        self._writing = threading.Lock()
+        """Serialises read-modify-write of records (`_update`)."""
         self._watches: dict[int, DeathWatch] = {}
         self._saving: set[int] = set()
         self._store: KeyValueStore | None = None
@@ -234,6 +236,17 @@ class Xenlight(Backend):
             self._store.delete(vm_id)
         else:
             self._store.write(vm_id, json.dumps(asdict(record), sort_keys=True))
+
+    def _update(self, vm_id: VmId, **changes: Any) -> None:
+        """Change some fields of a VM's record, atomically against other changes.
+
+        The engine may plug a VM's devices in parallel: each change starts from
+        the latest record, so none undoes another.
+        """
+        with self._writing:
+            record = self._get(vm_id)
+            if record is not None:
+                self._put(vm_id, replace(record, **changes))
 
     def _info(self, record: Record) -> dict[str, Any] | None:
         """libxl's view of the record's domain; None if gone or if it is not ours."""
@@ -421,33 +434,30 @@ class Xenlight(Backend):
                                 pci_msitranslate=vm.pci_msitranslate,
                                 pci_power_mgmt=vm.pci_power_mgmt))
 
-    def _config(self, vm: Vm, vbds: list[Vbd], vifs: list[Vif]) -> tuple[dict[str, Any],
-                                                                          Record]:
-        record = self._get(vm.id)
-        if record is None:
-            raise DoesNotExist("domain", vm.id)
-        return domconfig.domain_config(vm, vbds, vifs, []), record
+    def _config(self, vm: Vm, vbds: list[Vbd], vifs: list[Vif]) -> dict[str, Any]:
+        if self._get(vm.id) is None:
+            raise DoesNotExist("domain", vm.id)  # VM_create comes first
+        return domconfig.domain_config(vm, vbds, vifs, [])
 
-    def _built(self, vm_id: VmId, record: Record, domid: int, config: dict[str, Any],
+    def _built(self, vm_id: VmId, domid: int, config: dict[str, Any],
                vbds: list[Vbd], vifs: list[Vif]) -> None:
         disks = config.get("disks", [])
         nics = {n["devid"]: n for n in config.get("nics", [])}
-        self._put(vm_id, replace(
-            record, domid=domid, suspended=False, config=config,
-            disks={v.id[1]: d for v, d in zip(vbds, disks, strict=True)},
-            nics={v.id[1]: nics[v.position] for v in vifs}, pcis={}))
+        self._update(vm_id, domid=domid, suspended=False, config=config,
+                     disks={v.id[1]: d for v, d in zip(vbds, disks, strict=True)},
+                     nics={v.id[1]: nics[v.position] for v in vifs}, pcis={})
         self._watch(domid)
 
     def vm_build(self, task: TaskContext, vm: Vm, vbds: list[Vbd], vifs: list[Vif],
                  vgpus: list[Vgpu], vusbs: list[Vusb], extras: list[str], force: bool) -> None:
         if vgpus or vusbs:
             raise Unimplemented("vGPUs and VUSBs on the xenlight backend")
-        config, record = self._config(vm, vbds, vifs)
+        config = self._config(vm, vbds, vifs)
         parsed = self._call(vm.id, self.ctx.domain_config, json.dumps(config))
         domid = self._run(task, vm.id,
                           lambda: self.ctx.domain_create_new(parsed, asynchronous=True))
         logger.info("xenlight.built", vm=vm.id, domid=domid)
-        self._built(vm.id, record, domid, config, vbds, vifs)
+        self._built(vm.id, domid, config, vbds, vifs)
 
     def vm_create_device_model(self, task: TaskContext, vm: Vm, vbds: list[Vbd],
                                vifs: list[Vif], vgpus: list[Vgpu], vusbs: list[Vusb],
@@ -470,7 +480,7 @@ class Xenlight(Backend):
                     self._run(task, vm.id, lambda: self.ctx.domain_destroy(domid,
                                                                            asynchronous=True))
         if record.suspended:
-            self._put(vm.id, replace(record, domid=None, disks={}, nics={}, pcis={}))
+            self._update(vm.id, domid=None, disks={}, nics={}, pcis={})
         else:
             self._put(vm.id, None)
 
@@ -494,12 +504,12 @@ class Xenlight(Backend):
         raise Unimplemented("set_xsdata")
 
     def vm_set_vcpus(self, task: TaskContext, vm: Vm, vcpus: int) -> None:
-        record, domid = self._need_built(vm.id)
+        _, domid = self._need_built(vm.id)
         if not 1 <= vcpus <= vm.vcpu_max:
             raise InvalidVcpus(vm.vcpu_max)
         self._run(task, vm.id, lambda: self.ctx.set_vcpuonline(domid, range(vcpus),
                                                                asynchronous=True))
-        self._put(vm.id, replace(record, vcpus=vcpus))
+        self._update(vm.id, vcpus=vcpus)
 
     def vm_set_shadow_multiplier(self, task: TaskContext, vm: Vm, multiplier: float) -> None:
         raise Unimplemented("set_shadow_multiplier")
@@ -584,7 +594,7 @@ class Xenlight(Backend):
     def vm_save(self, task: TaskContext, progress: Callable[[float], None], vm: Vm,
                 flags: list[SaveFlag], data: SaveData, vgpu_data: SaveData | None,
                 pre_suspend: Callable[[], None]) -> None:
-        record, domid = self._need_built(vm.id)
+        _, domid = self._need_built(vm.id)
         live = SaveFlag.Live in flags
         with self._image(data, "w") as fd:
             pre_suspend()
@@ -597,19 +607,19 @@ class Xenlight(Backend):
                 with self._lock:
                     self._saving.discard(domid)
         progress(1.0)
-        self._put(vm.id, replace(record, suspended=True))
+        self._update(vm.id, suspended=True)
 
     def vm_restore(self, task: TaskContext, progress: Callable[[float], None], vm: Vm,
                    vbds: list[Vbd], vifs: list[Vif], data: SaveData, vgpu_data: SaveData | None,
                    extras: list[str]) -> None:
-        config, record = self._config(vm, vbds, vifs)
+        config = self._config(vm, vbds, vifs)
         parsed = self._call(vm.id, self.ctx.domain_config, json.dumps(config))
         with self._image(data, "r") as fd:
             domid = self._run(task, vm.id, lambda: self.ctx.domain_create_restore(
                 parsed, fd, asynchronous=True))
         progress(1.0)
         logger.info("xenlight.restored", vm=vm.id, domid=domid)
-        self._built(vm.id, record, domid, config, vbds, vifs)
+        self._built(vm.id, domid, config, vbds, vifs)
 
     def vm_resume(self, task: TaskContext, vm: Vm) -> None:
         _, domid = self._need_built(vm.id)
@@ -681,7 +691,7 @@ class Xenlight(Backend):
         value = None if request is None else \
             "reboot" if request is DomainActionRequest.Needs_reboot else "poweroff"
         if value != record.action_request:
-            self._put(vm.id, replace(record, action_request=value))
+            self._update(vm.id, action_request=value)
 
     def vm_get_hook_args(self, vm_id: VmId) -> list[str]:
         record = self._get(vm_id)
@@ -734,9 +744,11 @@ class Xenlight(Backend):
             return  # went in with the domain config
         self._run(task, f"{vm_id}.{name}", lambda: self.ctx.device(
             kind, "add", domid, json.dumps(spec), asynchronous=True))  # type: ignore[arg-type]
-        record = self._get(vm_id) or record
-        changes: dict[str, Any] = {attr: {**getattr(record, attr), name: spec}}
-        self._put(vm_id, replace(record, **changes))
+        with self._writing:
+            latest = self._get(vm_id)
+            if latest is not None:
+                changes: dict[str, Any] = {attr: {**getattr(latest, attr), name: spec}}
+                self._put(vm_id, replace(latest, **changes))
 
     def _device_remove(self, task: TaskContext, vm_id: VmId, attr: str, kind: str,
                        device_id: tuple[str, str], force: bool) -> None:
@@ -745,15 +757,17 @@ class Xenlight(Backend):
         if spec is None:
             logger.debug("xenlight.not_plugged", device=device_key(device_id))
             return
-        record, domid = self._need(vm_id)
+        _, domid = self._need(vm_id)
         action = "destroy" if force else "remove"
         with suppress(DoesNotExist):  # the domain went first: its devices went with it
             self._run(task, device_key(device_id), lambda: self.ctx.device(
                 kind, action, domid, json.dumps(spec), asynchronous=True))  # type: ignore[arg-type]
-        record = self._get(vm_id) or record
-        changes: dict[str, Any] = {
-            attr: {k: v for k, v in getattr(record, attr).items() if k != name}}
-        self._put(vm_id, replace(record, **changes))
+        with self._writing:
+            latest = self._get(vm_id)
+            if latest is not None:
+                changes: dict[str, Any] = {
+                    attr: {k: v for k, v in getattr(latest, attr).items() if k != name}}
+                self._put(vm_id, replace(latest, **changes))
 
     # ---- PCI -------------------------------------------------------------------
 
