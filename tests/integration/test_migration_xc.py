@@ -355,3 +355,35 @@ def test_localhost_migration_moves_the_guest_to_a_new_domain(
         success(ca, ca.call("VM.shutdown", id=vid, delay=None))
     finally:
         hva.close()
+
+
+def test_migrate_balloons_the_guest_down_to_dynamic_min_first(
+    hosts: tuple[XcHost, XcHost]
+) -> None:
+    """Spec §14.1 step 5: less memory to send; the freed pages are zero on both sides."""
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = str(uuid.uuid4())
+    ca.call("VM.add", vm=make_vm(vid, memory_static_max=MEMORY, memory_dynamic_max=MEMORY,
+                                 memory_dynamic_min=MEMORY // 2))
+    success(ca, ca.call("VM.start", id=vid, paused=False))
+    success(ca, ca.call("VM.unpause", id=vid))
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        source = hva.map_memory(src)
+        try:
+            assert source.log.populated_count == MEMORY // 4096
+            with running_relay(b.daemon.sockets) as r:
+                success(ca, migrate(ca, vid, r.url))
+            assert source.log.populated_count <= MEMORY // 4096 // 2 + 2
+            final = page_digests(source.memory, source.log.top_populated())
+        finally:
+            source.close()
+        state = cb.call("VM.stat", id=vid)[1]
+        assert memory_of(hvb, state.domids[0])[: len(final)] == final
+        success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
+        hvb.close()

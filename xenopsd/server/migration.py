@@ -106,6 +106,7 @@ class Migrations:
         compress: bool,
         vdi_map: dict[str, str],
         vif_map: dict[str, Network],
+        localhost: bool,
     ) -> dict[str, Any]:
         e = self.engine
         vm = e.db.vm(vm_id)
@@ -122,6 +123,12 @@ class Migrations:
         started = time.monotonic()
         metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
         self.remote_import(url, task.dbg, metadata)
+        if vm.memory_dynamic_min != vm.memory_dynamic_max:
+            # the guest goes as small as it may: less to send, less to find room for
+            state = e.backend.vm_get_state(vm)
+            size = state.memory_actual if localhost else vm.memory_dynamic_min
+            e.perform(e.a_vm_set_memory_dynamic_range(vm_id, size, size), task)
+            e.backend.vm_wait_ballooning(task, vm)
         state = e.backend.vm_get_state(vm)
         cookies = {
             "instance_id": self.instance_id,

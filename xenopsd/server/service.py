@@ -540,7 +540,9 @@ class Service:
 
         def run(t: TaskHandle) -> Any:
             try:
-                return self.migrations.send(t, id, xenops_url, compress, vdi_map, vif_map)
+                return self.migrations.send(
+                    t, id, xenops_url, compress, vdi_map, vif_map, localhost_migration
+                )
             except Exception:
                 for target in cleanup:
                     self.engine.immediate_check(target)
