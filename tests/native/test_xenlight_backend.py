@@ -9,6 +9,7 @@ read back from the C structs. Each case runs in a fresh preloaded child.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import pytest
 
 from tests.integration.engine_helpers import make_vbd, make_vif, make_vm
 from tests.native.preload import cases, run_case
-from xenopsd.api.devices import Pci, PciAddress
+from xenopsd.api.devices import BusType, Pci, PciAddress
 from xenopsd.api.errors import (
     AlreadyExists,
     Cancelled,
@@ -182,6 +183,28 @@ def case_start_hotplug_and_destroy() -> None:
     assert "libxl_domain_destroy 1" in _log()
     assert b.vm_get_state(vm).power_state is PowerState.Halted
     assert store.read(("domain", VM1)) is None and b.managed_vms() == []
+    b.close()
+
+
+def case_parallel_hotplugs_all_stay_recorded() -> None:
+    """The engine plugs a VM's VIFs and VBDs in parallel; no plug may lose another's record."""
+    b, _, store = _backend()
+    vm = make_vm(VM1)
+    _start(b, vm, [], [])
+    vbds = [make_vbd(VM1, f"d{i}", backend=LocalDisk(f"/dev/vg/{i}"),
+                     position=(BusType.Xen, i, 0)) for i in range(8)]
+    vifs = [make_vif(VM1, i, mac=f"00:16:3e:00:01:0{i}") for i in range(4)]
+    plugs = [threading.Thread(target=b.vbd_attach, args=(T, VM1, v)) for v in vbds]
+    plugs += [threading.Thread(target=b.vif_plug, args=(T, VM1, v)) for v in vifs]
+    for t in plugs:
+        t.start()
+    for t in plugs:
+        t.join(30)
+    assert all(b.vbd_get_state(VM1, v).plugged for v in vbds)
+    assert all(b.vif_get_state(VM1, v).plugged for v in vifs)
+    record = json.loads(store.read(("domain", VM1)))  # what is on disk says the same
+    assert sorted(record["disks"]) == sorted(v.id[1] for v in vbds)
+    assert sorted(record["nics"]) == sorted(v.id[1] for v in vifs)
     b.close()
 
 
