@@ -14,6 +14,17 @@ from typing import Any
 import structlog
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up:
+    loggers are cached, and callers (tests, the CLI) may swap stderr later."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", json: bool = False) -> None:
     """Log key=value lines (or JSON) to stderr, which systemd sends to the journal."""
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
@@ -29,7 +40,7 @@ def configure(level: str = "info", json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 
