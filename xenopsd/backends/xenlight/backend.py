@@ -10,7 +10,7 @@ devices went in; the plugs that follow find their device already there;
 a plug of anything else (hot-plug, PCI, devices added later) is a libxl
 device add. The device model needs no step of its own.
 
-What the backend remembers per VM (domid, the config given to libxl, the
+What the backend remembers per VM (domid, the libxl JSON of each device, the
 plugged devices, whether the domain was suspended, the pending action
 request) lives in the metadata store's `domain` namespace, so it outlives
 the daemon like the domains do.
@@ -135,7 +135,6 @@ class Record:
     pci_msitranslate: bool = False
     pci_power_mgmt: bool = False
     suspended: bool = False
-    config: dict[str, Any] | None = None
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     nics: dict[str, dict[str, Any]] = field(default_factory=dict)
     pcis: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -443,7 +442,7 @@ class Xenlight(Backend):
                vbds: list[Vbd], vifs: list[Vif]) -> None:
         disks = config.get("disks", [])
         nics = {n["devid"]: n for n in config.get("nics", [])}
-        self._update(vm_id, domid=domid, suspended=False, config=config,
+        self._update(vm_id, domid=domid, suspended=False,
                      disks={v.id[1]: d for v, d in zip(vbds, disks, strict=True)},
                      nics={v.id[1]: nics[v.position] for v in vifs}, pcis={})
         self._watch(domid)
