@@ -10,10 +10,10 @@ devices went in; the plugs that follow find their device already there;
 a plug of anything else (hot-plug, PCI, devices added later) is a libxl
 device add. The device model needs no step of its own.
 
-What the backend remembers per VM (domid, the libxl JSON of each device, the
-plugged devices, whether the domain was suspended, the pending action
-request) lives in the metadata store's `domain` namespace, so it outlives
-the daemon like the domains do.
+What the backend remembers per VM (domid, the libxl JSON of each plugged
+device, whether the domain was suspended, the pending action request) lives
+in the metadata store's `domain` namespace, so it outlives the daemon like
+the domains do.
 
 Do no harm: this instance touches only domains it created itself, found by
 the domid *and* the VM's UUID it recorded. A domain of another toolstack
