@@ -387,3 +387,34 @@ def test_migrate_balloons_the_guest_down_to_dynamic_min_first(
     finally:
         hva.close()
         hvb.close()
+
+
+def test_migrate_an_hvm_guest(hosts: tuple[XcHost, XcHost]) -> None:
+    """HVM: the device model is started again on the destination, from saved state."""
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca, hvm=True)
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        source = hva.map_memory(src)
+        try:
+            with running_relay(b.daemon.sockets) as r:
+                success(ca, migrate(ca, vid, r.url))
+            final = page_digests(source.memory, source.log.top_populated())
+        finally:
+            source.close()
+        state = cb.call("VM.stat", id=vid)[1]
+        assert state.power_state is PowerState.Running and state.hvm
+        assert memory_of(hvb, state.domids[0])[: len(final)] == final
+        xs = b.xenstore()
+        try:
+            dm = f"/local/domain/0/device-model/{state.domids[0]}/state"
+            assert xs.read(dm) == b"running"
+        finally:
+            xs.close()
+        success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
+        hvb.close()

@@ -260,6 +260,13 @@ class Migrations:
                 raise InternalError(f"no memory connection arrived for {vm_id}")
             return self._mem[vm_id]
 
+    def _release_mem(self, vm_id: VmId) -> None:
+        """Let the memory connection's handler go (whether or not it was used)."""
+        with self._mem_cond:
+            conn = self._mem.get(vm_id)
+        if conn is not None:
+            conn.done.set()
+
     def _receive_memory(
         self,
         task: TaskHandle,
@@ -282,7 +289,6 @@ class Migrations:
                 ctl.sendall(protocol.failure(error_text(exc)))
             raise
         ctl.sendall(protocol.success())
-        conn: _MemConnection | None = None
         try:
             if legacy:
                 data = ctl
@@ -296,8 +302,7 @@ class Migrations:
             logger.warning("receive.restore_failed", vm=vm_id, error=str(exc))
             self._discard(task, vm_id)
         finally:
-            if conn is not None:
-                conn.done.set()
+            self._release_mem(vm_id)
         current = vm_id
         try:
             read_frame(ctl)
