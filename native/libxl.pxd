@@ -224,6 +224,8 @@ cdef extern from "libxl.h":
                                  const libxl_asyncop_how *ao_how) nogil
     int libxl_device_disk_destroy(libxl_ctx *ctx, uint32_t domid, libxl_device_disk *disk,
                                   const libxl_asyncop_how *ao_how) nogil
+    int libxl_cdrom_insert(libxl_ctx *ctx, uint32_t domid, libxl_device_disk *disk,
+                           const libxl_asyncop_how *ao_how) nogil
     int libxl_device_nic_add(libxl_ctx *ctx, uint32_t domid, libxl_device_nic *nic,
                              const libxl_asyncop_how *ao_how) nogil
     int libxl_device_nic_remove(libxl_ctx *ctx, uint32_t domid, libxl_device_nic *nic,

@@ -352,7 +352,8 @@ cdef class _Device:
 
 
 _DEVICE_KINDS = {"disk": 0, "nic": 1, "pci": 2}
-_DEVICE_ACTIONS = {"add": 0, "remove": 1, "destroy": 2}
+_DEVICE_ACTIONS = {"add": 0, "remove": 1, "destroy": 2, "insert": 3}
+"""`insert` is for disks only: new media in a CD-ROM drive (libxl_cdrom_insert)."""
 
 
 cdef int _device_call(libxl_ctx *c, int kind, int action, uint32_t domid, _Device d,
@@ -362,6 +363,8 @@ cdef int _device_call(libxl_ctx *c, int kind, int action, uint32_t domid, _Devic
             return libxl_device_disk_add(c, domid, &d.disk, how)
         if action == 1:
             return libxl_device_disk_remove(c, domid, &d.disk, how)
+        if action == 3:
+            return libxl_cdrom_insert(c, domid, &d.disk, how)
         return libxl_device_disk_destroy(c, domid, &d.disk, how)
     if kind == 1:
         if action == 0:
@@ -922,16 +925,19 @@ cdef class Context:
     def device(self, str kind, str action, uint32_t domid, spec, *,
                bint asynchronous=False):
         """Add, remove (politely) or destroy (forcibly) a "disk", "nic" or "pci"
-        device described in libxl JSON, e.g. {"vdev": "xvda", "pdev_path": ...}.
+        device described in libxl JSON, e.g. {"vdev": "xvda", "pdev_path": ...};
+        or insert new media (a disk with "format": "empty" ejects) in a CD-ROM drive.
         """
         if kind not in _DEVICE_KINDS:
             raise ValueError(f"device kind must be one of {sorted(_DEVICE_KINDS)}, not {kind!r}")
         if action not in _DEVICE_ACTIONS:
             raise ValueError(f"device action must be one of {sorted(_DEVICE_ACTIONS)}, "
                              f"not {action!r}")
+        if action == "insert" and kind != "disk":
+            raise ValueError(f"only a disk takes the insert action, not a {kind}")
         cdef int k = _DEVICE_KINDS[kind]
         cdef int a = _DEVICE_ACTIONS[action]
-        cdef str call = f"libxl_device_{kind}_{action}"
+        cdef str call = "libxl_cdrom_insert" if a == 3 else f"libxl_device_{kind}_{action}"
         cdef bytes text = _json_arg(spec)
         cdef const char *s = text
         cdef _Device dev = _Device()
