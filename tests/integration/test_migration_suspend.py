@@ -22,6 +22,7 @@ from xenopsd.api.vm import LocalDisk, PowerState
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.migrate import image
 from xenopsd.migrate.memguest import page_digests
+from xenopsd.migrate.receive import receive
 from xenopsd.rpc.client import Client
 
 MEMORY = 64 << 20
@@ -81,6 +82,12 @@ def test_suspend_resume_keeps_every_page_and_replugs_devices(
         finally:
             source.close()
         assert image_path.read_bytes().startswith(image.SIGNATURE)
+        with open(image_path, "rb") as f:
+            sections = [e.stype for e in receive(f.fileno(), image.ImageReader()).events
+                        if isinstance(e, image.Section)]
+        device_state = [image.SectionType.QEMU_TRAD] if hvm else []
+        assert sections == [image.SectionType.XENOPS, image.SectionType.LIBXC,
+                            *device_state, image.SectionType.END_OF_IMAGE]
         success(c, c.call("VM.resume", id=vid, suspend_vdi=LocalDisk(str(image_path))))
         state = c.call("VM.stat", id=vid)[1]
         assert state.power_state is PowerState.Paused

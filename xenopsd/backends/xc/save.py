@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import mmap
 import os
 import socket
@@ -33,7 +34,7 @@ from xenopsd.api.errors import (
     InternalError,
     Unimplemented,
 )
-from xenopsd.api.vm import PV, Disk, LocalDisk, VdiDisk, Vm, VmId
+from xenopsd.api.vm import HVM, PV, Disk, LocalDisk, VdiDisk, Vm, VmId
 from xenopsd.backends.interface import (
     RenameWhen,
     SaveData,
@@ -56,6 +57,7 @@ logger = log.get(__name__)
 
 SUSPEND_ACK_TIMEOUT = 30.0
 SUSPEND_TIMEOUT = 60.0
+QMP_TIMEOUT = 30.0
 
 
 def _emu(xc: Xc) -> EmuHypervisor:
@@ -199,7 +201,14 @@ def save_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm: Vm
         value = xc._read(f"{dom.home}/{key}")
         return int(value) if value and value.isdigit() else 0
 
-    memory = DomainMemory(hv, dom.domid, suspend)
+    qemu: list[bytes] = []
+
+    def suspend_and_save_devices() -> None:
+        suspend()
+        if isinstance(vm.ty, HVM):
+            qemu.append(_save_device_model(hv, dom.domid))
+
+    memory = DomainMemory(hv, dom.domid, suspend_and_save_devices)
     try:
         source = _Source(memory, _guest_type(vm), ring("store/ring-ref"),
                          ring("console/ring-ref"))
@@ -209,7 +218,8 @@ def save_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm: Vm
             head = write_all(fd, image.head(meta))
             progress(0.1)
             stats = save(fd, source, io, live=live, policy=_CancelPolicy(task))
-            stats.bytes_sent += head + write_all(fd, image.tail())
+            tail = image.tail(qemu=qemu[0] if qemu else None)
+            stats.bytes_sent += head + write_all(fd, tail)
         progress(1.0)
     except Cancelled:
         raise
@@ -251,9 +261,46 @@ def restore_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm:
         raise InternalError(f"restoring domain {dom.domid}: End_of_file ({exc})") from None
     finally:
         mapping.close()
+    if isinstance(vm.ty, HVM):
+        blobs = [e for e in got.events
+                 if isinstance(e, image.Blob) and e.stype == image.SectionType.QEMU_TRAD]
+        if not blobs or not _device_state_ok(blobs[0].data):
+            raise InternalError(f"restoring domain {dom.domid}: no device-model state in the image")
     progress(1.0)
     logger.info("xc.restored", vm=vm.id, domid=dom.domid, bytes=got.bytes, pages=got.pages,
                 seconds=round(time.monotonic() - start, 3))
+
+
+def _save_device_model(hv: EmuHypervisor, domid: int) -> bytes:
+    """What xenopsd asks qemu for after the suspend: its device state, through QMP."""
+    path = hv.rundir / f"qemu-save.{domid}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(QMP_TIMEOUT)
+        sock.connect(str(hv.rundir / f"qmp-{domid}"))
+        replies = sock.makefile("rb")
+        replies.readline()  # the greeting
+        for command in ({"execute": "qmp_capabilities"},
+                        {"execute": "xen-save-devices-state",
+                         "arguments": {"filename": str(path), "live": False}}):
+            sock.sendall(json.dumps(command).encode() + b"\n")
+            reply: dict[str, object] = {"event": None}
+            while "event" in reply:  # asynchronous events may come before the reply
+                reply = json.loads(replies.readline() or b"{}")
+            if "return" not in reply:
+                raise InternalError(f"device model of domain {domid}: {reply.get('error')}")
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _device_state_ok(data: bytes) -> bool:
+    """The emulated qemu's save file, as its `xen-load-devices-state` would accept it."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("magic") == "XEMU-QEVM"
 
 
 def _unblock(fd: int) -> None:
