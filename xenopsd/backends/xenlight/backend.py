@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from xenopsd import log
 from xenopsd.api.devices import (
+    BusType,
     Ipv4Configuration,
     Ipv6Configuration,
     LockingMode,
@@ -828,18 +829,41 @@ class Xenlight(Backend):
         pass
 
     def vbd_insert(self, task: TaskContext, vm_id: VmId, vbd: Vbd, disk: Disk) -> None:
-        raise Unimplemented("VBD.insert")
+        self._media(task, vm_id, vbd, disk)
 
     def vbd_eject(self, task: TaskContext, vm_id: VmId, vbd: Vbd) -> None:
-        raise Unimplemented("VBD.eject")
+        self._media(task, vm_id, vbd, None)
+
+    def _media(self, task: TaskContext, vm_id: VmId, vbd: Vbd, disk: Disk | None) -> None:
+        """New media (or none) in a plugged CD-ROM drive, in the drive's own slot."""
+        _, domid = self._need(vm_id)
+        name = vbd.id[1]
+        plugged = self._plugged(vm_id, "disks", name)
+        if plugged is None:
+            raise DoesNotExist("VBD", device_key(vbd.id))
+        media = domconfig.disk(replace(vbd, backend=disk), (BusType.Xen, 0, 0))
+        spec = {k: v for k, v in plugged.items() if k not in ("pdev_path", "backend", "format")}
+        spec.update({k: media[k] for k in ("pdev_path", "backend", "format") if k in media})
+        self._run(task, device_key(vbd.id), lambda: self.ctx.device(
+            "disk", "insert", domid, json.dumps(spec), asynchronous=True))
+        with self._writing:
+            latest = self._get(vm_id)
+            if latest is not None and name in latest.disks:
+                self._put(vm_id, replace(latest, disks={**latest.disks, name: spec}))
 
     def vbd_set_qos(self, task: TaskContext, vm_id: VmId, vbd: Vbd) -> None:
         pass
 
     def vbd_get_state(self, vm_id: VmId, vbd: Vbd) -> VbdState:
-        plugged = self._plugged(vm_id, "disks", vbd.id[1]) is not None
-        return VbdState(active=plugged, plugged=plugged,
-                        backend_present=vbd.backend if plugged else None)
+        spec = self._plugged(vm_id, "disks", vbd.id[1])
+        if spec is None:
+            return VbdState(active=False, plugged=False)
+        path = spec.get("pdev_path")
+        present: Disk | None = None
+        if path is not None:  # an ejected CD-ROM has none
+            present = vbd.backend if vbd.backend is not None and \
+                domconfig.disk_path(vbd.backend) == path else LocalDisk(path)
+        return VbdState(active=True, plugged=True, backend_present=present)
 
     def vbd_get_device_action_request(self, vm_id: VmId, vbd: Vbd) -> DeviceActionRequest | None:
         return None

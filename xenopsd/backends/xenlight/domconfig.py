@@ -142,7 +142,7 @@ def _check_boot(info: PvInfo) -> None:
         raise NoBootableDevice()
 
 
-def _disk_path(backend: Disk) -> str:
+def disk_path(backend: Disk) -> str:
     if isinstance(backend, LocalDisk):
         return backend.path
     assert isinstance(backend, VdiDisk)
@@ -165,7 +165,7 @@ def disk(vbd: Vbd, position: DeviceNumber) -> Json:
                                 "may be empty)")
         out["format"] = "empty"
     else:
-        path = _disk_path(vbd.backend)
+        path = disk_path(vbd.backend)
         if not path:
             raise InternalError(f"VBD {vbd.id[1]}: empty disk path")
         fmt = vbd.extra_backend_keys.get("format") or _format_of(path)
