@@ -29,6 +29,7 @@ from tests.integration.test_engine_tasks import (  # noqa: F401 - collected by p
     test_task_list_destroy_and_progress,
 )
 from tests.integration.test_xc_support import running_xc_host
+from xenopsd.api.updates import VmUpdate
 from xenopsd.api.vm import PowerState
 from xenopsd.rpc.client import Client
 
@@ -47,15 +48,20 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def _unpaused_then_reset(c: Client, vid: str) -> None:
     """Unpause a paused VM, and let a guest that took a clean shutdown request
     before the cancel finish going down (the engine's state check follows
-    its death), before the engine's own checks."""
+    its death), before the engine's own checks: the VM must be in a settled
+    state and stay there for a few seconds without an update."""
     deadline = time.monotonic() + 60
     last = c.call("UPDATES.last_id")
-    while (power := c.call("VM.stat", id=vid)[1].power_state) not in SETTLED:
-        assert time.monotonic() < deadline, power
+    while True:
+        assert time.monotonic() < deadline
+        power = c.call("VM.stat", id=vid)[1].power_state
         if power is PowerState.Paused:
             success(c, c.call("VM.unpause", id=vid))
-        else:
-            _, _, last = c.call("UPDATES.get", last_id=last, timeout=1)
+            continue
+        _, ids, new_last = c.call("UPDATES.get", last_id=last, timeout=3)
+        if power in SETTLED and VmUpdate(vid) not in ids:
+            break
+        last = new_last
     _reset(c, vid)
 
 
