@@ -61,6 +61,7 @@ from xenopsd.api.host import (
 )
 from xenopsd.api.marshal import MarshalError
 from xenopsd.api.metadata import Metadata
+from xenopsd.api.methods import runs_inline
 from xenopsd.api.task import Task, TaskId
 from xenopsd.api.updates import UpdatesResult, VmUpdate
 from xenopsd.api.vm import PV, Disk, PowerState, VdiDisk, Vm, VmId, VmState
@@ -225,6 +226,7 @@ class Service:
         return self._task(debug_info, vm_id, description, lambda: [leaf()])
 
     # Top level
+    @runs_inline
     def query(self, debug_info: str, unit: None) -> Query:
         return Query(
             name="xenops", vendor="XCP", version="0.1", features=[], instance_id=self.instance_id
@@ -260,6 +262,7 @@ class Service:
         return json.dumps(doc)
 
     # Task
+    @runs_inline
     def task_stat(self, debug_info: str, id: TaskId) -> Task:
         return self.tasks.get(id).to_api()
 
@@ -269,6 +272,7 @@ class Service:
     def task_destroy(self, debug_info: str, id: TaskId) -> None:
         self.tasks.destroy(id)
 
+    @runs_inline
     def task_list(self, debug_info: str) -> list[Task]:
         return self.tasks.tasks()
 
@@ -360,6 +364,7 @@ class Service:
             state = replace(state, power_state=PowerState.Running)
         return state
 
+    @runs_inline
     def vm_exists(self, debug_info: str, id: VmId) -> bool:
         return self.db.vm_opt(id) is not None
 
@@ -873,6 +878,7 @@ class Service:
     ) -> UpdatesResult:
         return await self.updates.get_async(last_id, timeout)
 
+    @runs_inline
     def updates_last_id(self, debug_info: str) -> int:
         return self.updates.last_id()
 
