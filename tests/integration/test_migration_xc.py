@@ -418,3 +418,27 @@ def test_migrate_an_hvm_guest(hosts: tuple[XcHost, XcHost]) -> None:
     finally:
         hva.close()
         hvb.close()
+
+
+def test_receiver_failure_before_sync_1_is_reraised_and_the_source_runs_on(
+    hosts: tuple[XcHost, XcHost]
+) -> None:
+    """The receiver cannot create the domain: its error comes back as the JSON of
+    a xenopsd error on the control connection; nothing happened to the source."""
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    hvb = b.emu.client()
+    try:
+        hvb.fault_hypercall("domain_create", errno.ENOMEM, -1)
+        try:
+            with running_relay(b.daemon.sockets) as r:
+                err = failure(ca, migrate(ca, vid, r.url))
+        finally:
+            hvb.fault_clear()
+    finally:
+        hvb.close()
+    assert isinstance(err, InternalError) and "xc_domain_create" in str(err), err
+    assert ca.call("VM.stat", id=vid)[1].power_state is PowerState.Running
+    _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "no VM on the destination")
+    success(ca, ca.call("VM.shutdown", id=vid, delay=None))

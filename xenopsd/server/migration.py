@@ -287,6 +287,7 @@ class Migrations:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 ctl.sendall(protocol.failure(error_text(exc)))
+            self._discard(task, vm_id)
             raise
         ctl.sendall(protocol.success())
         try:
