@@ -292,7 +292,7 @@ def emulated_hosts(ctx: Context) -> None:
                             localhost_migration=False))
                     if unix is not None:
                         unix.unlink()
-                    r = task.state.completion.result  # type: ignore[union-attr]
+                    r = task.state.completion.result  # type: ignore[attr-defined]
                     pages = "/".join(str(p) for p in r["pages_per_round"])
                     ctx.rows.append(Row(
                         "xc daemons, " + (f"{rate >> 20} MiB/s dirty" if rate else "idle"),
