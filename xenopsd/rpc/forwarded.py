@@ -22,8 +22,8 @@ import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,15 +148,24 @@ async def serve(path: str, handler: Handler) -> None:
     os.chmod(path, 0o600)
     listener.listen(64)
     listener.setblocking(False)
-    pool = ThreadPoolExecutor(MAX_HANDLERS, thread_name_prefix="forwarded")
+    slots = asyncio.Semaphore(MAX_HANDLERS)
+
+    def run(conn: socket.socket) -> None:
+        try:
+            _handle(conn, handler)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the daemon is stopping
+                loop.call_soon_threadsafe(slots.release)
+
     try:
         while True:
+            await slots.acquire()
             conn, _ = await loop.sock_accept(listener)
             conn.setblocking(True)
-            pool.submit(_handle, conn, handler)
+            # daemon threads: a migration in flight must not keep the daemon from exiting
+            threading.Thread(target=run, args=(conn,), name="forwarded", daemon=True).start()
     finally:
         listener.close()
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
