@@ -57,15 +57,17 @@ CLONE_NEWNET = 0x40000000
 @contextlib.contextmanager
 def other_network_namespace() -> Iterator[socket.socket]:
     """A TCP listener in a network namespace of its own, reached over a veth
-    pair (10.231.0.1 here, 10.231.0.2 there); skips where namespaces are refused."""
+    pair (10.231.N.1 here, 10.231.N.2 there, N from the pid so that test runs
+    side by side do not collide); skips where namespaces are refused."""
     name, here, there = f"xm{os.getpid()}", f"xm{os.getpid()}a", f"xm{os.getpid()}b"
+    net = f"10.231.{os.getpid() % 250}"
     steps = [
         ["ip", "netns", "add", name],
         ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
         ["ip", "link", "set", there, "netns", name],
-        ["ip", "addr", "add", "10.231.0.1/30", "dev", here],
+        ["ip", "addr", "add", f"{net}.1/30", "dev", here],
         ["ip", "link", "set", here, "up"],
-        ["ip", "netns", "exec", name, "ip", "addr", "add", "10.231.0.2/30", "dev", there],
+        ["ip", "netns", "exec", name, "ip", "addr", "add", f"{net}.2/30", "dev", there],
         ["ip", "netns", "exec", name, "ip", "link", "set", there, "up"],
     ]
     try:
@@ -81,7 +83,7 @@ def other_network_namespace() -> Iterator[socket.socket]:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
-            made.append(socket.create_server(("10.231.0.2", 0)))
+            made.append(socket.create_server((f"{net}.2", 0)))
 
         worker = threading.Thread(target=listen_there)
         worker.start()
