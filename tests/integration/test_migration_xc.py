@@ -33,6 +33,7 @@ from xenopsd.api.devices import LocalNetwork, Network
 from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError, XenopsError
 from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState, VdiDisk
+from xenopsd.backends.xc.backend import vm_uuid
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.migrate import image, pageio, protocol
 from xenopsd.migrate.memguest import page_digests
@@ -180,6 +181,15 @@ def test_migrate_moves_every_page_of_a_busy_guest(
             ca.call("VM.stat", id=vid)
         assert not {vid, tmp_source_id(vid)} & vm_ids(ca)
         assert not any(i.domid == src for i in hva.domain_getinfolist())
+        xs = a.xenstore()
+        try:  # nothing of the VM is left in the source's xenstore, under any of its ids
+            left = {root: xs.directory(root) if xs.exists(root) else []
+                    for root in ("/vm", "/xapi", "/local/domain", "/xenops/domain")}
+        finally:
+            xs.close()
+        handles = {str(vm_uuid(i)) for i in (vid, tmp_source_id(vid), tmp_dest_id(vid))}
+        assert not handles & (set(left["/vm"]) | set(left["/xapi"])), left
+        assert str(src) not in left["/local/domain"] + left["/xenops/domain"], left
         # the destination runs it under its real id, with its devices
         assert vid in vm_ids(cb) and tmp_dest_id(vid) not in vm_ids(cb)
         state = cb.call("VM.stat", id=vid)[1]
