@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from xenopsd import log
+from xenopsd.rpc.aio import within
 from xenopsd.rpc.codecs import answer_json
 from xenopsd.rpc.dispatch import Dispatcher
 
@@ -41,13 +42,13 @@ class FramingServer:
         try:
             while True:
                 try:
-                    header = await asyncio.wait_for(reader.readexactly(HEADER), self.timeout)
+                    header = await within(self.timeout, reader.readexactly(HEADER))
                 except asyncio.IncompleteReadError:
                     return
                 length = parse_length(header, self.max_body)
-                body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
+                body = await within(self.timeout, reader.readexactly(length))
                 writer.write(frame(await answer_json(self.dispatcher, body)))
-                await asyncio.wait_for(writer.drain(), self.timeout)
+                await within(self.timeout, writer.drain())
         except FramingError as exc:
             logger.info("framing error; closing", error=str(exc))
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from xenopsd import log
+from xenopsd.rpc.aio import within
 from xenopsd.rpc.codecs import answer_json, answer_xml, is_json
 from xenopsd.rpc.dispatch import Dispatcher
 
@@ -103,7 +104,7 @@ class HttpServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.idle_timeout)
+            head = await within(self.limits.idle_timeout, reader.readuntil(b"\r\n\r\n"))
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 logger.info("connection closed mid-request")
@@ -115,7 +116,7 @@ class HttpServer:
             logger.warning("request body too large", length=req.length)
             raise Refused("413 Payload Too Large")
         length, keep_alive = req.length, req.keep_alive
-        body = await asyncio.wait_for(reader.readexactly(length), self.limits.read_timeout)
+        body = await within(self.limits.read_timeout, reader.readexactly(length))
         if is_json(body):
             reply, ctype = await answer_json(self.dispatcher, body), "application/json"
         else:
@@ -137,4 +138,4 @@ class HttpServer:
         if close:
             head.append("connection: close")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        await asyncio.wait_for(writer.drain(), self.limits.read_timeout)
+        await within(self.limits.read_timeout, writer.drain())
