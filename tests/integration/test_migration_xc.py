@@ -194,6 +194,15 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         assert vid in vm_ids(cb) and tmp_dest_id(vid) not in vm_ids(cb)
         state = cb.call("VM.stat", id=vid)[1]
         assert state.power_state is PowerState.Running
+        xs = b.xenstore()
+        try:  # the domain carries the real id's trees, none of the temporary id's
+            home = f"/local/domain/{state.domids[0]}"
+            assert xs.read(f"{home}/vm") == f"/vm/{vm_uuid(vid)}".encode()
+            assert xs.exists(f"/vm/{vm_uuid(vid)}")
+            assert not xs.exists(f"/vm/{vm_uuid(tmp_dest_id(vid))}")
+            assert not xs.exists(f"/xapi/{vm_uuid(tmp_dest_id(vid))}")
+        finally:
+            xs.close()
         assert cb.call("VBD.stat", id=(vid, "xvda"))[1].plugged
         vif = cb.call("VIF.stat", id=(vid, "0"))
         assert vif[1].plugged and vif[0].backend == LocalNetwork("xenbr1")
