@@ -126,3 +126,26 @@ def test_unknown_path_gets_404_on_the_connection() -> None:
 def test_no_fd_gets_404_to_xapi() -> None:
     calls, _, xapi = _hand_over(forwarded.describe("/services/xenops/migrate/vm/x", {}), False)
     assert not calls and xapi.startswith(b"HTTP/1.1 404")
+
+
+def test_error_frames_carry_xenopsd_errors_as_json() -> None:
+    from xenopsd.api.errors import DoesNotExist, InternalError
+    from xenopsd.server.migration import error_text, remote_error
+
+    err = remote_error(error_text(DoesNotExist("VM", "x")))
+    assert isinstance(err, DoesNotExist) and (err.kind, err.key) == ("VM", "x")
+    plain = remote_error(error_text(RuntimeError("disk on fire")))
+    assert isinstance(plain, InternalError) and "disk on fire" in str(plain)
+
+
+def test_statistics_of_a_save() -> None:
+    from xenopsd.migrate.save import Round, SaveStats
+    from xenopsd.server.migration import statistics
+
+    stats = SaveStats(rounds=[Round(0, True, 100, 409600, 0.0, 0.5),
+                              Round(1, False, 7, 28672, 0.6, 0.1)],
+                      bytes_sent=440000, total_time=1.0, suspend_at=0.6, downtime=0.4)
+    out = statistics(stats, downtime=0.9, total=2.0)
+    assert out["pages_per_round"] == [100, 7] and out["rounds"] == 2
+    assert out["throughput_bytes_per_second"] == 440000
+    assert out["downtime_seconds"] == 0.9 and out["memory_downtime_seconds"] == 0.4
