@@ -157,9 +157,11 @@ class Migrations:
                 mem = self._open(target, "migrate/mem", tmp_dst, cookies, socks)
                 self._sync(task, mem, "sync 1-mem")
                 ctl.sendall(protocol.success())
-                with compressed(mem, compress) as fd:
+                with compressed(mem, compress) as wire:
                     e.perform(
-                        e.a_vm_save(vm_id, fd, None, (SaveFlag.Live,), on_suspend=mark_suspend),
+                        e.a_vm_save(
+                            vm_id, wire.fd, None, (SaveFlag.Live,), on_suspend=mark_suspend
+                        ),
                         task,
                     )
                 stats = protocol.REPORTS.take(task.id) or SaveStats()
@@ -187,6 +189,7 @@ class Migrations:
             task,
         )
         result = statistics(stats, resumed_at - suspended_at, time.monotonic() - started)
+        result["wire_bytes"] = wire.bytes if compress else stats.bytes_sent
         logger.info("migrate.done", vm=vm_id, **result)
         return result
 
@@ -359,14 +362,24 @@ def statistics(stats: SaveStats, downtime: float, total: float) -> dict[str, Any
     }
 
 
+@dataclass
+class Wire:
+    """Where a save writes, and (compressed) how many bytes went on the connection."""
+
+    fd: int
+    bytes: int = 0
+
+
 @contextlib.contextmanager
-def compressed(sock: socket.socket, on: bool) -> Iterator[int]:
-    """The fd a save writes to: the socket, or a pipe that a thread compresses into it."""
+def compressed(sock: socket.socket, on: bool) -> Iterator[Wire]:
+    """The socket, or a pipe that a thread compresses into it."""
     if not on:
-        yield sock.fileno()
+        yield Wire(sock.fileno())
         return
-    with _pump(sock, compress=True) as fd:
-        yield fd
+    wire = Wire(-1)
+    with _pump(sock, compress=True, wire=wire) as fd:
+        wire.fd = fd
+        yield wire
 
 
 @contextlib.contextmanager
@@ -380,7 +393,7 @@ def decompressed(sock: socket.socket, on: bool) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _pump(sock: socket.socket, compress: bool) -> Iterator[int]:
+def _pump(sock: socket.socket, compress: bool, wire: Wire | None = None) -> Iterator[int]:
     """zstd over the whole memory stream (spec §4.4.6), in a thread beside the save/restore."""
     import os
 
@@ -400,12 +413,14 @@ def _pump(sock: socket.socket, compress: bool) -> Iterator[int]:
                 ):
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
+                if wire is not None:
+                    wire.bytes = cctx.frame_progression()[2]
             else:
                 dctx = zstandard.ZstdDecompressor()
                 with (
                     os.fdopen(w, "wb", buffering=0) as dst,
-                    sock.makefile("rb") as wire,
-                    dctx.stream_reader(wire, closefd=False) as zsrc,
+                    sock.makefile("rb") as incoming,
+                    dctx.stream_reader(incoming, closefd=False) as zsrc,
                 ):
                     while chunk := zsrc.read(1 << 20):
                         dst.write(chunk)
