@@ -467,3 +467,36 @@ def test_receiver_failure_before_sync_1_is_reraised_and_the_source_runs_on(
     assert ca.call("VM.stat", id=vid)[1].power_state is PowerState.Running
     _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "no VM on the destination")
     success(ca, ca.call("VM.shutdown", id=vid, delay=None))
+
+
+@pytest.mark.slow
+def test_migrate_a_2_gib_guest_dirtying_64_mib_per_second(hosts: tuple[XcHost, XcHost]) -> None:
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    size = 2 << 30
+    vid = str(uuid.uuid4())
+    ca.call("VM.add", vm=make_vm(vid, memory_static_max=size, memory_dynamic_max=size,
+                                 memory_dynamic_min=size))
+    success(ca, ca.call("VM.start", id=vid, paused=False))
+    success(ca, ca.call("VM.unpause", id=vid))
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=(64 << 20) // 4096, workload_pattern="random")
+        source = hva.map_memory(src)
+        try:
+            with running_relay(b.daemon.sockets) as r:
+                task = success(ca, migrate(ca, vid, r.url))
+            final = page_digests(source.memory, source.log.top_populated())
+        finally:
+            source.close()
+        assert len(final) == size // 4096
+        state = cb.call("VM.stat", id=vid)[1]
+        assert memory_of(hvb, state.domids[0])[: len(final)] == final
+        assert isinstance(task.state, Completed)
+        stats: dict[str, Any] = task.state.completion.result  # type: ignore[assignment]
+        assert int(stats["rounds"]) >= 3  # the workload kept pre-copy busy
+        success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+    finally:
+        hva.close()
+        hvb.close()
