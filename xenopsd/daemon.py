@@ -70,7 +70,7 @@ async def serve(config: Config, service: Any, program: str) -> None:
             http = HttpServer(dispatcher, program, HttpLimits(max_body=config.max_request_bytes))
             servers.append(await _unix_server(config.xml_socket, http.handle, config))
             paths.append(config.xml_socket)
-        service.migrations.remote_import = forwarded.remote_import
+        service.migrations.remote_call = forwarded.remote_call
         handover = forwarded.serve(config.forwarded_socket, service.migrations.receive)
         background.append(asyncio.create_task(handover))
         paths.append(config.forwarded_socket)

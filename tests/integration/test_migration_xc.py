@@ -252,8 +252,9 @@ def _domains(hv: EmuHypervisor) -> set[int]:
     return {i.domid for i in hv.domain_getinfolist() if i.domid > 0 and not i.dying}
 
 
+@pytest.mark.parametrize("point", [2, 4], ids=["after-import", "in-precopy"])
 def test_cancel_before_the_suspend_leaves_the_source_running_and_the_destination_clean(
-    hosts: tuple[XcHost, XcHost], relay: Relay
+    hosts: tuple[XcHost, XcHost], relay: Relay, point: int
 ) -> None:
     a, b = hosts
     ca, cb = a.daemon.xml(), b.daemon.xml()
@@ -264,9 +265,10 @@ def test_cancel_before_the_suspend_leaves_the_source_running_and_the_destination
         before_b = _domains(hvb)
         src = ca.call("VM.stat", id=vid)[1].domids[0]
         hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
-        # the 4th cancellation point is the pre-copy policy after the first
-        # round: memory is moving, the guest has not been asked to suspend
-        ca.call("DEBUG.trigger", cmd="set-cancel-trigger", args=[dbg, "4"])
+        # the 2nd cancellation point comes after the destination imported the
+        # metadata, before any connection; the 4th is the pre-copy policy after
+        # the first round: memory is moving, the guest is not asked to suspend
+        ca.call("DEBUG.trigger", cmd="set-cancel-trigger", args=[dbg, str(point)])
         err = failure(ca, a.daemon.xml(dbg=dbg).call(
             "VM.migrate", id=vid, vdi_map={}, vif_map={}, pci_map={}, xenops_url=relay.url,
             compress=False, verify_dest=False, localhost_migration=False))

@@ -10,8 +10,8 @@ thread of its own bounded pool, since a handler holds its connection for
 the whole migration. A request that routes nowhere, or arrives without an
 fd, gets the `404` upstream writes.
 
-`remote_import` is the sender's `VM.import_metadata` on the destination's
-`xenops_url`: XML-RPC with named arguments, as upstream xenopsd sends it.
+`remote_call` is how a sender calls the destination's `xenops_url`
+(`VM.import_metadata`): XML-RPC with named arguments, as upstream sends it.
 """
 
 from __future__ import annotations
@@ -180,14 +180,15 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def remote_import(url: str, dbg: str, metadata: str, timeout: float = 120.0) -> str:
-    """`VM.import_metadata` on the destination; returns the id it registered."""
+def remote_call(url: str, dbg: str, wire: str, args: dict[str, Any],
+                timeout: float = 120.0) -> Any:
+    """One call on the destination's `xenops_url`; its error is raised as ours."""
     try:
         target = protocol.parse_url(url)
     except ValueError as exc:
         raise InternalError(str(exc)) from None
-    wire = "VM.import_metadata"
-    body = xmltext.method_call(wire, [encode_args(wire, dbg, {"metadata": metadata})]).encode()
+    method = METHODS[wire]
+    body = xmltext.method_call(wire, [encode_args(wire, dbg, args)]).encode()
     conn: http.client.HTTPConnection
     if target.family == "unix":
         conn = _UnixHTTPConnection(target.address, timeout)
@@ -210,6 +211,5 @@ def remote_import(url: str, dbg: str, metadata: str, timeout: float = 120.0) -> 
     except xmltext.XmlTextError as exc:
         raise InternalError(f"{wire}: unreadable reply: {exc}") from None
     if not ok:
-        raise decode_error(METHODS[wire].errors, value)
-    result: str = marshal.decode(METHODS[wire].result, value)
-    return result
+        raise decode_error(method.errors, value)
+    return marshal.decode(method.result, value)

@@ -3,9 +3,10 @@ VM_receive_memory and its memory connection (spec behaviour §14, migration §4.
 
 The engine owns the sequence; the sockets come from elsewhere. On the
 sender, connections are opened here from `xenops_url` (plain sockets and
-the `PUT` of `migrate.protocol`), but the one XML-RPC call,
-`VM.import_metadata`, needs the wire codecs, which live above the engine:
-the daemon injects it as `remote_import`. On the receiver, the transport
+the `PUT` of `migrate.protocol`), but the XML-RPC calls to the destination
+(`VM.import_metadata`, and `VM.remove` to take it back when the receiver
+never got to it) need the wire codecs, which live above the engine: the
+daemon injects them as `remote_call`. On the receiver, the transport
 that accepts connections handed over through `xenopsd.forwarded` calls
 `receive` with the socket; it blocks until the migration is over, as
 upstream's handler does, so the caller keeps the connection open that long.
@@ -40,14 +41,14 @@ from xenopsd.server.tasks import TaskHandle
 
 logger = log.get(__name__)
 
-RemoteImport = Callable[[str, str, str], str]
-"""(xenops_url, dbg, metadata JSON) -> the id the destination registered."""
+RemoteCall = Callable[[str, str, str, dict[str, Any]], Any]
+"""(xenops_url, dbg, wire method, named arguments) -> its result; remote errors are raised."""
 
 MEM_TIMEOUT = 60.0
 """How long the receiver waits for the memory connection after the sender's ACK."""
 
 
-def _no_remote(url: str, dbg: str, metadata: str) -> str:
+def _no_remote(url: str, dbg: str, method: str, args: dict[str, Any]) -> Any:
     raise InternalError("this daemon has no client for remote xenopsd calls")
 
 
@@ -92,7 +93,7 @@ class Migrations:
         self.export_metadata = export_metadata
         self.remove = remove
         self.instance_id = instance_id
-        self.remote_import: RemoteImport = _no_remote
+        self.remote_call: RemoteCall = _no_remote
         self._mem: dict[VmId, _MemConnection] = {}
         self._mem_cond = threading.Condition()
 
@@ -121,8 +122,6 @@ class Migrations:
         e.perform(e.a_hook(vm_id, Hook.pre_migrate, Reason.source), task)
         e.queues.alias(vm_id, tmp_src)
         started = time.monotonic()
-        metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
-        self.remote_import(url, task.dbg, metadata)
         if vm.memory_dynamic_min != vm.memory_dynamic_max:
             # the guest goes as small as it may: less to send, less to find room for
             state = e.backend.vm_get_state(vm)
@@ -130,6 +129,9 @@ class Migrations:
             e.perform(e.a_vm_set_memory_dynamic_range(vm_id, size, size), task)
             e.backend.vm_wait_ballooning(task, vm)
         state = e.backend.vm_get_state(vm)
+        metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
+        self.remote_call(url, task.dbg, "VM.import_metadata", {"metadata": metadata})
+        receiver_owns = False  # from sync 1 on the receiver cleans up after itself
         cookies = {
             "instance_id": self.instance_id,
             "final_id": vm_id,
@@ -154,6 +156,7 @@ class Migrations:
             with task.with_cancel(lambda: _shutdown(socks)):
                 ctl = self._open(target, "migrate/vm", tmp_dst, {**cookies, **memory}, socks)
                 self._sync(task, ctl, "sync 1")
+                receiver_owns = True
                 mem = self._open(target, "migrate/mem", tmp_dst, cookies, socks)
                 self._sync(task, mem, "sync 1-mem")
                 ctl.sendall(protocol.success())
@@ -175,6 +178,10 @@ class Migrations:
                         f"VM {vm_id} may be running on the destination, but sync 4 failed: {exc}"
                     ) from None
                 resumed_at = time.monotonic()
+        except Exception:
+            if not receiver_owns:
+                self._take_back(url, task.dbg, tmp_dst)
+            raise
         finally:
             for s in socks:
                 s.close()
@@ -192,6 +199,13 @@ class Migrations:
         result["wire_bytes"] = wire.bytes if compress else stats.bytes_sent
         logger.info("migrate.done", vm=vm_id, **result)
         return result
+
+    def _take_back(self, url: str, dbg: str, tmp_dst: VmId) -> None:
+        """Best effort: the destination forgets the metadata its receiver never used."""
+        try:
+            self.remote_call(url, dbg, "VM.remove", {"id": tmp_dst})
+        except Exception as exc:
+            logger.info("migrate.take_back_failed", vm=tmp_dst, error=str(exc))
 
     def _open(
         self,
