@@ -15,18 +15,6 @@ from typing import Any
 
 import pytest
 
-from xenopsd.backends.xc.hypervisor import (
-    CreateFlag,
-    DomainConfig,
-    Featureset,
-    HvmParam,
-    PhysCap,
-    Scheduler,
-    ShutdownReason,
-    VcpuAffinity,
-    dead_handle,
-    pci_sbdf,
-)
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import HypercallError
 from xenopsd.emu.service import MAX_FAULTS
@@ -38,6 +26,18 @@ from xenopsd.emu.testing import (
     running_emulator,
     start_domain,
     suspend_guest,
+)
+from xenopsd.hypervisor import (
+    CreateFlag,
+    DomainConfig,
+    Featureset,
+    HvmParam,
+    PhysCap,
+    Scheduler,
+    ShutdownReason,
+    VcpuAffinity,
+    dead_handle,
+    pci_sbdf,
 )
 from xenopsd.xenstore.client import Client, WaitTimeout, open_client
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from xenopsd.backends.xc.hypervisor import CreateFlag, DomainConfig, ShutdownReason
 from xenopsd.emu.client import DomainMemory
 from xenopsd.emu.testing import running_emulator, start_domain, suspend_guest
+from xenopsd.hypervisor import CreateFlag, DomainConfig, ShutdownReason
 from xenopsd.migrate import libxc, pageio
 from xenopsd.migrate.libxc import DomainType
 from xenopsd.migrate.memguest import MemfdGuest, page_digests

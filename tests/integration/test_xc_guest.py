@@ -18,7 +18,7 @@ from tests.integration.test_xc_support import XcHost, running_xc_host
 from xenopsd.api.errors import FailedToAcknowledgeShutdownRequest
 from xenopsd.api.updates import VmUpdate
 from xenopsd.api.vm import Action, LocalDisk, PowerState, VmState
-from xenopsd.backends.xc.hypervisor import ShutdownReason
+from xenopsd.hypervisor import ShutdownReason
 from xenopsd.rpc.client import Client
 
 _ids = itertools.count()

@@ -9,7 +9,8 @@ import uuid
 
 import structlog
 
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.backends.xc.hypervisor_native import NativeHypervisor
+from xenopsd.hypervisor import (
     EMULATION_HVM,
     CreateFlag,
     DomainConfig,
@@ -23,7 +24,6 @@ from xenopsd.backends.xc.hypervisor import (
     dead_handle,
     pci_sbdf,
 )
-from xenopsd.backends.xc.hypervisor_native import NativeHypervisor
 
 
 def case_native_hypervisor_end_to_end() -> None:

@@ -13,7 +13,7 @@ import errno
 import uuid
 from collections.abc import Callable
 
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.hypervisor import (
     EMULATION_HVM,
     CreateFlag,
     DomainConfig,

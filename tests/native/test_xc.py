@@ -50,6 +50,6 @@ def test_native_hypervisor_against_mock(case: str, mock_libs: dict[str, Path]) -
 
 def test_xc_backend_package_loads_no_xen_library() -> None:
     """Importing the interface must work where Xen's libraries are absent."""
-    code = ("import sys, xenopsd.backends.xc.hypervisor, xenopsd.backends.xc.hypervisor_native\n"
+    code = ("import sys, xenopsd.hypervisor, xenopsd.backends.xc.hypervisor_native\n"
             "assert 'xenopsd.native.xc' not in sys.modules, 'libxc loaded at import'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,14 +8,14 @@ from dataclasses import fields
 
 import pytest
 
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.emu.control import HypercallError
+from xenopsd.emu.host import Domain, Host
+from xenopsd.hypervisor import (
     DOMID_FIRST_RESERVED,
     CreateFlag,
     DomainInfo,
     ShutdownReason,
 )
-from xenopsd.emu.control import HypercallError
-from xenopsd.emu.host import Domain, Host
 
 
 @pytest.fixture

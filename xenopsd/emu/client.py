@@ -1,6 +1,6 @@
 """The daemon's side of the emulated hypervisor: libxc's calls over the control socket.
 
-`EmuHypervisor` implements `xenopsd.backends.xc.hypervisor.Hypervisor`, the
+`EmuHypervisor` implements `xenopsd.hypervisor.Hypervisor`, the
 interface the `xc` backend programs against (its other implementation is
 `NativeHypervisor` over real libxc); failures raise `HypercallError`, an
 `OSError` with `errno`, `call` and `detail` like the native binding's
@@ -28,7 +28,18 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.emu.control import (
+    CONTROL_SOCKET,
+    MAX_PENDING_FDS,
+    XENSTORED_SOCKET,
+    Decoder,
+    HypercallError,
+    ProtocolError,
+    encode,
+    request,
+)
+from xenopsd.emu.memory import PAGE_SIZE, DirtyLog
+from xenopsd.hypervisor import (
     CpuTopology,
     DirtyBitmap,
     DomainConfig,
@@ -49,17 +60,6 @@ from xenopsd.backends.xc.hypervisor import (
     VcpuInfo,
     XenVersion,
 )
-from xenopsd.emu.control import (
-    CONTROL_SOCKET,
-    MAX_PENDING_FDS,
-    XENSTORED_SOCKET,
-    Decoder,
-    HypercallError,
-    ProtocolError,
-    encode,
-    request,
-)
-from xenopsd.emu.memory import PAGE_SIZE, DirtyLog
 
 RECV_CHUNK = 65536
 _FD_SPACE = socket.CMSG_SPACE(MAX_PENDING_FDS * array.array("i").itemsize)

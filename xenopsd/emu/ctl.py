@@ -15,9 +15,9 @@ import json
 import sys
 from typing import Any
 
-from xenopsd.backends.xc.hypervisor import ShutdownReason
 from xenopsd.emu.client import EmuHypervisor
 from xenopsd.emu.control import HypercallError
+from xenopsd.hypervisor import ShutdownReason
 
 SHUTDOWN_REASONS = {r.name.lower(): r for r in ShutdownReason}
 

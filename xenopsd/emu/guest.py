@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 from xenopsd import log
-from xenopsd.backends.xc.hypervisor import HvmParam, ShutdownReason
 from xenopsd.emu.backends import (
     CLOSED,
     CLOSING,
@@ -40,6 +39,7 @@ from xenopsd.emu.backends import (
 from xenopsd.emu.control import HypercallError
 from xenopsd.emu.host import Domain, Host
 from xenopsd.emu.xs import LocalXs
+from xenopsd.hypervisor import HvmParam, ShutdownReason
 from xenopsd.xenstore.client import XenstoreError
 from xenopsd.xenstore.store import Store
 

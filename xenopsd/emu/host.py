@@ -23,15 +23,15 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xenopsd import log
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.emu.control import HypercallError
+from xenopsd.emu.memory import PAGE_SIZE, GuestMemory
+from xenopsd.hypervisor import (
     DOMID_FIRST_RESERVED,
     CreateFlag,
     PhysCap,
     Scheduler,
     ShutdownReason,
 )
-from xenopsd.emu.control import HypercallError
-from xenopsd.emu.memory import PAGE_SIZE, GuestMemory
 
 logger = log.get(__name__)
 

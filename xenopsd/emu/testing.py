@@ -19,15 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.emu.client import EmuHypervisor
+from xenopsd.emu.control import CONTROL_SOCKET, XENSTORED_SOCKET
+from xenopsd.hypervisor import (
     EMULATION_HVM,
     CreateFlag,
     DomainConfig,
     EmulationFlag,
     ShutdownReason,
 )
-from xenopsd.emu.client import EmuHypervisor
-from xenopsd.emu.control import CONTROL_SOCKET, XENSTORED_SOCKET
 from xenopsd.xenstore.client import Client
 
 START_TIMEOUT = 30.0

@@ -102,7 +102,9 @@ from xenopsd.backends.interface import (
     TaskContext,
 )
 from xenopsd.backends.xc import devnum, save
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.backends.xc.platform import Platform
+from xenopsd.backends.xc.waits import Events, WaitAborted, WaitTimeout
+from xenopsd.hypervisor import (
     EMULATION_HVM,
     PAGE_SIZE,
     CreateFlag,
@@ -114,8 +116,6 @@ from xenopsd.backends.xc.hypervisor import (
     dead_handle,
     pci_sbdf,
 )
-from xenopsd.backends.xc.platform import Platform
-from xenopsd.backends.xc.waits import Events, WaitAborted, WaitTimeout
 from xenopsd.xenstore.client import Client, Perm, WatchEvent, XenstoreError, open_client
 
 logger = log.get(__name__)

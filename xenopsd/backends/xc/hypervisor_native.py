@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from xenopsd import log
-from xenopsd.backends.xc.hypervisor import (
+from xenopsd.hypervisor import (
     CpuTopology,
     DirtyBitmap,
     DomainConfig,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from xenopsd.api.errors import InternalError
-from xenopsd.backends.xc.hypervisor import Hypervisor, RestoreResult
+from xenopsd.hypervisor import Hypervisor, RestoreResult
 
 XEN_TYPE_FILE = Path("/sys/hypervisor/type")
 PCIBACK_DIR = Path("/sys/bus/pci/drivers/pciback")

@@ -42,7 +42,7 @@ from xenopsd.backends.interface import (
     ShutdownRequest,
     TaskContext,
 )
-from xenopsd.backends.xc.hypervisor import ShutdownReason
+from xenopsd.hypervisor import ShutdownReason
 from xenopsd.migrate import image, libxc, pageio
 from xenopsd.migrate.errors import StreamError
 from xenopsd.migrate.protocol import REPORTS

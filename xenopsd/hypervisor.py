@@ -1,9 +1,10 @@
 """The hypervisor as the `xc` backend sees it: one interface, two implementations.
 
 The `xc` backend programs against `Hypervisor` only. On a Xen host the
-implementation is `hypervisor_native.NativeHypervisor` (libxc and libxenguest
-through `xenopsd.native.xc`); under test it is the emulated host's client
-(`xenopsd.emu`). Both return the plain data types below, and both report a
+implementation is `xenopsd.backends.xc.hypervisor_native.NativeHypervisor`
+(libxc and libxenguest through `xenopsd.native.xc`); under test it is the
+emulated host's client (`xenopsd.emu`). It lives outside both so that the
+emulator need not import a backend. Both return the plain data types below, and both report a
 failure as an `OSError` whose `errno` says what went wrong (the native one
 raises `xenopsd.native.xc.XcError`, which also carries the libxc call and
 libxc's own error text), so backend code never depends on which one it has.
