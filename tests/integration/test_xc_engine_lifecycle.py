@@ -11,7 +11,10 @@ the tests of behaviour the spec gives the simulator alone (§15.2):
 * `test_guest_reboot_and_halt`, `test_vbd_plug_ordering`: DEBUG.trigger
   `reboot`/`halt`/`check-vbd-plug-ordering` are simulator commands; real
   guest reboots and halts are in `test_xc_guest.py`.
-* `test_suspend_resume`: suspend of xc domains belongs to the migration work.
+* `test_suspend_resume`: its expectations are the simulator's (resuming a Halted
+  VM "restores" a fresh domain; the same domids after resume). Suspend and
+  resume of xc domains, memory checked page by page, are in
+  `test_migration_suspend.py`.
 * `test_vm_setters`: shadow multipliers are HVM-only on Xen and run_script
   needs the guest's `feature-xs-batcmd` (§16.8); covered in `test_xc_lifecycle.py`.
 * `test_vif_add_plug_unplug_remove`: the simulator answers `Does_not_exist`

@@ -33,6 +33,8 @@ from xenopsd.api.updates import VmUpdate
 from xenopsd.api.vm import PowerState
 from xenopsd.rpc.client import Client
 
+# These cases suspend to the path "/s", which the xc backend would really
+# write; cancellation of xc saves is covered by test_migration_xc.py.
 NOT_ON_XC = {"suspend", "resume"}
 GUEST_MUST_RUN = {"clean-shutdown", "vbd-unplug", "vif-unplug"}
 _reset = engine.assert_valid_and_reset

@@ -12,7 +12,10 @@ emulated host). Left out, as simulator-only (spec §15.2):
   is still paused, and `Domain_not_built` for vCPU changes before qemu.
 * `test_reboot`, `test_halt`, `test_vbd_plug_ordering_good`: DEBUG.trigger
   commands of the simulator (guest reboots and halts: `test_xc_guest.py`).
-* `test_suspend_resume`: suspend of xc domains belongs to the migration work.
+* `test_suspend_resume`: its expectations are the simulator's (resuming a Halted
+  VM "restores" a fresh domain; the same domids after resume). Suspend and
+  resume of xc domains, memory checked page by page, are in
+  `test_migration_suspend.py`.
 """
 
 from __future__ import annotations
