@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -108,3 +109,12 @@ def running_relay(sockets: Path, unix_path: Path | None = None,
         yield relay
     finally:
         relay.close()
+
+
+@contextlib.contextmanager
+def unix_relay(sockets: Path) -> Iterator[Relay]:
+    """A relay on a Unix socket under /tmp: a pytest tmp_path can be longer than
+    a socket address may be."""
+    with tempfile.TemporaryDirectory(prefix="relay", dir="/tmp") as d, \
+            running_relay(sockets, Path(d) / "xapi") as relay:
+        yield relay

@@ -16,20 +16,19 @@ import errno
 import os
 import socket
 import subprocess
-import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
+from tests.integration.migration_helpers import eventually, migrate, vm_ids
 from tests.integration.test_xc_support import XcHost, running_xc_host
-from tests.relay import Relay, running_relay
-from xenopsd.api.devices import LocalNetwork, Network
+from tests.relay import Relay, running_relay, unix_relay
+from xenopsd.api.devices import LocalNetwork
 from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError, XenopsError
 from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState, VdiDisk
@@ -118,8 +117,7 @@ def relay(request: pytest.FixtureRequest, hosts: tuple[XcHost, XcHost]) -> Itera
                 socket.create_connection(("127.0.0.1", port), 2).close()
             yield r
         return
-    with tempfile.TemporaryDirectory(prefix="relay", dir="/tmp") as d, \
-            running_relay(sockets, Path(d) / "xapi") as r:
+    with unix_relay(sockets) as r:
         yield r
 
 
@@ -133,20 +131,6 @@ def running_vm(c: Client, hvm: bool = False) -> str:
     success(c, c.call("VM.start", id=vid, paused=False))
     success(c, c.call("VM.unpause", id=vid))
     return vid
-
-
-def migrate(c: Client, vid: str, url: str, compress: bool = False,
-            vdi_map: dict[str, str] | None = None,
-            vif_map: dict[str, Network] | None = None) -> str:
-    task: str = c.call("VM.migrate", id=vid, vdi_map=vdi_map or {}, vif_map=vif_map or {},
-                       pci_map={},
-                       xenops_url=url, compress=compress, verify_dest=False,
-                       localhost_migration=False)
-    return task
-
-
-def vm_ids(c: Client) -> set[str]:
-    return {vm.id for vm, _ in c.call("VM.list")}
 
 
 def memory_of(hv: EmuHypervisor, domid: int) -> list[bytes]:
@@ -240,14 +224,6 @@ def test_migrate_to_nowhere_leaves_the_vm_running(hosts: tuple[XcHost, XcHost]) 
     success(ca, ca.call("VM.shutdown", id=vid, delay=None))
 
 
-def _eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> None:
-    """The receiver cleans up on its own worker after the sender has failed."""
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, what
-        time.sleep(0.05)
-
-
 def _domains(hv: EmuHypervisor) -> set[int]:
     return {i.domid for i in hv.domain_getinfolist() if i.domid > 0 and not i.dying}
 
@@ -276,8 +252,8 @@ def test_cancel_before_the_suspend_leaves_the_source_running_and_the_destination
         state = ca.call("VM.stat", id=vid)[1]
         assert state.power_state is PowerState.Running and state.domids == [src]
         assert not hva.domain_getinfo(src).shutdown
-        _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
-        _eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
+        eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
         success(ca, ca.call("VM.shutdown", id=vid, delay=None))
     finally:
         hva.close()
@@ -304,8 +280,8 @@ def test_failure_after_the_suspend_resumes_nothing_on_either_side(
         assert "sync 4" in str(err)
         # spec §4.4.4: the destination removed its copy; the source, suspended
         # and renamed, is not resumed (the engine's check shut it down)
-        _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
-        _eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
+        eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
         assert src not in _domains(hva) or hva.domain_getinfo(src).shutdown
         assert vid not in vm_ids(ca)
         assert ca.call("VM.stat", id=tmp_source_id(vid))[1].power_state is not PowerState.Running
@@ -467,7 +443,7 @@ def test_receiver_failure_before_sync_1_is_reraised_and_the_source_runs_on(
         hvb.close()
     assert isinstance(err, InternalError) and "xc_domain_create" in str(err), err
     assert ca.call("VM.stat", id=vid)[1].power_state is PowerState.Running
-    _eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "no VM on the destination")
+    eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "no VM on the destination")
     success(ca, ca.call("VM.shutdown", id=vid, delay=None))
 
 

@@ -20,7 +20,7 @@ from xenopsd.api.errors import (
 )
 from xenopsd.api.updates import DynamicId, VmUpdate
 from xenopsd.api.vm import LocalDisk, PowerState
-from xenopsd.backends.interface import DomainActionRequest, ShutdownRequest
+from xenopsd.backends.interface import DomainActionRequest, RenameWhen, ShutdownRequest
 from xenopsd.backends.simulator import Simulator
 from xenopsd.server.store import Namespace, Store
 
@@ -87,8 +87,7 @@ def test_lifecycle_and_quirks(sim: tuple[Simulator, list[DynamicId], Store]) -> 
     assert s.vm_get_state(vm).power_state is PowerState.Halted
     s.vm_create(T, vm, None, None, None, False, 0, 0)
     assert s.vm_get_state(vm).domids == [2]  # domids are not reused within a process
-    with pytest.raises(Unimplemented):
-        s.vm_assert_can_save(vm)
+    s.vm_assert_can_save(vm)  # issue 3: it migrates, unlike upstream's
 
 
 def test_devices(sim: tuple[Simulator, list[DynamicId], Store]) -> None:
@@ -134,10 +133,48 @@ def test_internal_state_roundtrip(sim: tuple[Simulator, list[DynamicId], Store])
     s.vbd_attach(T, "v", make_vbd("v", "xvda", backend=None))
     text = s.vm_get_internal_state({}, {}, vm)
     other = make_vm("w")
+    s.vm_create(T, other, None, None, None, False, 0, 0)
     s.vm_set_internal_state(other, text)
     assert s.vbd_get_state("w", make_vbd("v", "xvda")).plugged
     with pytest.raises(InternalError):
         s.vm_set_internal_state(other, "{not json")
+
+
+def test_a_running_domain_record_is_not_imported_where_there_is_no_domain(
+    sim: tuple[Simulator, list[DynamicId], Store]
+) -> None:
+    """A migration's destination imports the source's metadata; only a suspended
+    domain's record describes something this host can resume."""
+    s, _, _ = sim
+    vm = make_vm("v")
+    s.vm_create(T, vm, None, None, None, False, 0, 0)
+    running = s.vm_get_internal_state({}, {}, vm)
+    s.vm_set_internal_state(make_vm("w"), running)
+    assert s.vm_get_state(make_vm("w")).power_state is PowerState.Halted
+    s.vm_save(T, lambda _p: None, vm, [], LocalDisk("/nonexistent"), None, lambda: None)
+    suspended = s.vm_get_internal_state({}, {}, vm)
+    s.vm_set_internal_state(make_vm("w"), suspended)
+    assert s.vm_get_state(make_vm("w")).power_state is PowerState.Suspended
+
+
+def test_rename_moves_the_domain_and_its_devices(
+    sim: tuple[Simulator, list[DynamicId], Store]
+) -> None:
+    s, _, store = sim
+    vm = make_vm("v")
+    s.vm_create(T, vm, None, None, None, False, 0, 0)
+    s.vbd_attach(T, "v", make_vbd("v", "xvda", backend=None))
+    s.vif_plug(T, "v", make_vif("v", 0))
+    domids = s.vm_get_state(vm).domids
+    s.vm_rename("v", "w", RenameWhen.Pre_migration)
+    assert s.vm_get_state(vm).power_state is PowerState.Halted
+    assert s.vm_get_state(make_vm("w")).domids == domids
+    assert s.vbd_get_state("w", make_vbd("w", "xvda")).plugged
+    s.vif_unplug(T, "w", make_vif("w", 0), False)
+    assert s.managed_vms() == ["w"]
+    s.vm_create(T, vm, None, None, None, False, 0, 0)
+    with pytest.raises(AlreadyExists):
+        s.vm_rename("v", "w", RenameWhen.Post_migration)
 
 
 def test_engine_and_simulator_import_no_xen_library() -> None:

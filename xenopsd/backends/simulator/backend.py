@@ -66,9 +66,10 @@ from xenopsd.backends.interface import (
 from xenopsd.migrate import image, pageio
 from xenopsd.migrate.errors import StreamError
 from xenopsd.migrate.libxc import DomainType
-from xenopsd.migrate.memguest import saved_stream
+from xenopsd.migrate.memguest import MemfdGuest
+from xenopsd.migrate.protocol import REPORTS
 from xenopsd.migrate.receive import receive
-from xenopsd.migrate.save import write_all
+from xenopsd.migrate.save import SaveStats, save, write_all
 
 logger = log.get(__name__)
 
@@ -121,18 +122,25 @@ def _image_fd(data: SaveData, writing: bool) -> int | None:
         raise InternalError(f"suspend image {data.path}: {exc.strerror}") from None
 
 
-def _write_image(vm: Vm, data: SaveData) -> None:
-    """A real suspend image (spec §1) of a small made-up memory, so clients
-    and tests of the simulator see the same bytes as from a real save."""
+def _write_image(vm: Vm, data: SaveData, live: bool) -> SaveStats | None:
+    """A real suspend image (spec §1) of a small made-up memory, so clients,
+    tests and a migration's receiver see the same bytes as from a real save;
+    the save's statistics are the real ones of writing it."""
     fd = _image_fd(data, writing=True)
     if fd is None:
-        return
+        return None
+    guest = MemfdGuest(IMAGE_PAGES, DomainType.X86_HVM if isinstance(vm.ty, HVM)
+                       else DomainType.X86_PV)
     try:
-        stream = saved_stream(DomainType.X86_HVM if isinstance(vm.ty, HVM) else DomainType.X86_PV,
-                              pageio.load(), IMAGE_PAGES)
         meta = image.Metadata(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        write_all(fd, image.image(meta, stream))
+        write_all(fd, image.head(meta))
+        stats = save(fd, guest, pageio.load(), live=live)
+        write_all(fd, image.tail())
+        return stats
+    except OSError as exc:
+        raise InternalError(f"suspend image: {exc.strerror or exc}") from None
     finally:
+        guest.close()
         os.close(fd)
 
 
@@ -302,7 +310,7 @@ class Simulator(Backend):
     def host_is_compatible(self, vm_policy: CpuPolicy, host_policy: CpuPolicy) -> bool:
         return False
 
-    # VM: registration (no-ops upstream, so a renamed VM loses its domain link)
+    # VM: registration
     def vm_add(self, vm: Vm) -> None:
         pass
 
@@ -310,7 +318,27 @@ class Simulator(Backend):
         pass
 
     def vm_rename(self, old_id: VmId, new_id: VmId, when: RenameWhen) -> None:
-        pass
+        """The domain follows its VM (upstream's simulator loses it here): a
+        migration renames both copies while they run, and then unplugs or
+        plugs devices under the new id."""
+        with self._lock:
+            d = self._domains.get(old_id)
+        if d is None:
+            return
+
+        def moved(devices: list[Any]) -> list[Any]:
+            return [replace(x, id=(new_id, x.id[1])) for x in devices]
+
+        renamed = replace(d, uuid=new_id, vbds=moved(d.vbds), vifs=moved(d.vifs),
+                          pcis=moved(d.pcis), vgpus=moved(d.vgpus), vusbs=moved(d.vusbs))
+
+        def create(existing: Domain | None) -> Domain:
+            if existing is not None:
+                raise AlreadyExists("domain", new_id)
+            return renamed
+
+        self._change(new_id, create)
+        self._change(old_id, lambda _d: None)
 
     # VM: lifecycle
     def vm_create(
@@ -435,7 +463,7 @@ class Simulator(Backend):
 
     # VM: save and restore
     def vm_assert_can_save(self, vm: Vm) -> None:
-        raise Unimplemented("assert_can_save")
+        """Every simulated domain can be saved: it has no devices that pin it."""
 
     def vm_save(
         self,
@@ -448,8 +476,15 @@ class Simulator(Backend):
         pre_suspend: Callable[[], None],
     ) -> None:
         pre_suspend()
-        _write_image(vm, data)
-        self._update(vm.id, lambda d: replace(d, suspended=True))
+        live = SaveFlag.Live in flags
+        stats = _write_image(vm, data, live)
+        if stats is not None:
+            REPORTS.put(task.id, stats)
+        # a live save is a migration: the guest now lives elsewhere and stops
+        # here, and its domain goes when destroyed (a suspended one is kept for
+        # a resume)
+        self._update(vm.id, lambda d: replace(d, paused=True) if live
+                     else replace(d, suspended=True))
 
     def vm_restore(
         self,
@@ -522,11 +557,15 @@ class Simulator(Backend):
         return jsontext.dumps(marshal.encode(Domain, replace(d, vbds=vbds, vifs=vifs)))
 
     def vm_set_internal_state(self, vm: Vm, state: str) -> None:
+        """Overwrites the domain record, except with a running domain's: that one
+        lives on the host that exported it (a migration's source imports it into
+        the destination), and here it would be a ghost that VM.remove refuses
+        and the receiver's VM.create collides with (upstream never migrates)."""
         try:
             d = marshal.decode(Domain, jsontext.loads(state))
         except ValueError as exc:
             raise InternalError(f"Failed to unmarshal Domain.t: {exc}") from None
-        self._change(vm.id, lambda _old: d)
+        self._change(vm.id, lambda old: d if d.suspended or old is not None else old)
 
     @property
     def minimum_reboot_delay(self) -> float:
