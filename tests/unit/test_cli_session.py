@@ -29,6 +29,10 @@ from xenopsd.cli.__main__ import build_parser
 from xenopsd.cli.commands import call_args, migration_summary, migration_url, size_bytes
 from xenopsd.cli.render import Output, Progress, details, error_text, error_wire, table
 from xenopsd.cli.session import CliError, Interrupted, Session
+from xenopsd.migrate.protocol import parse_url
+from xenopsd.migrate.save import Round, SaveStats
+from xenopsd.rpc import xmltext
+from xenopsd.server.migration import statistics
 
 
 def task(state: Any) -> Task:
@@ -210,7 +214,8 @@ def test_argument_helpers() -> None:
     assert size_bytes("512") == size_bytes("512M") == size_bytes("512MiB") == 512 << 20
     assert size_bytes("2g") == 2 << 30 and size_bytes("1024K") == 1 << 20
     assert migration_url("http://h/services/xenops") == "http://h/services/xenops"
-    assert migration_url("/var/lib/xcp/xenopsd") == "file:/var/lib/xcp/xenopsd"
+    assert migration_url("/run/xapi sock") == "http+unix://%2Frun%2Fxapi%20sock/services/xenops"
+    assert parse_url(migration_url("/run/xapi sock")).address == "/run/xapi sock"
     assert call_args("VM.shutdown", ["id=x", "delay=3"]) == {"id": "x", "delay": 3.0}
     assert call_args("VBD.plug", ['id=["vm","xvda"]']) == {"id": ("vm", "xvda")}
     assert call_args("UPDATES.get", []) == {}
@@ -220,7 +225,7 @@ def test_argument_helpers() -> None:
 
 def test_migration_summary() -> None:
     lines, record = migration_summary(
-        {"bytes": 2 << 30, "rounds": 4, "downtime": 0.25, "compressed": True}, 4.0
+        {"bytes_sent": 2 << 30, "rounds": 4, "downtime_seconds": 0.25, "compressed": True}, 4.0
     )
     assert lines == [
         "time 4.000s",
@@ -233,12 +238,25 @@ def test_migration_summary() -> None:
     assert migration_summary(None, 2.0) == (["time 2.000s"], {"duration": 2.0, "statistics": {}})
 
 
+def test_migration_summary_of_what_the_engine_reports_over_xml_rpc() -> None:
+    """The engine's statistics, through the XML-RPC codec: the ints come back untyped."""
+    stats = statistics(SaveStats(rounds=[Round(0, True, 16, 65536, 0.0, 0.5)], bytes_sent=1 << 20,
+                                 total_time=0.5, downtime=0.01), 0.125, 2.0)
+    wire = xmltext.parse_value_text(xmltext.value(stats))
+    assert isinstance(wire["rounds"], str)
+    lines, record = migration_summary(wire, 2.0)
+    assert lines[:4] == ["time 2.000s", "sent 1.0 MiB at 0.5 MiB/s", "rounds 1", "downtime 0.125s"]
+    assert "memory_downtime_seconds 0.01" in lines and "pages_per_round [16]" in lines
+    assert record["statistics"]["bytes_sent"] == 1 << 20
+    assert record["statistics"]["pages_per_round"] == [16]
+
+
 def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI side of migrate end to end: the call it makes, the bar with the phase the
     daemon reports, and the summary from the task's result."""
     log.configure("warning")  # as the CLI does: only user output on stdout
     vm = SimpleNamespace(id="0b7c9e8e-5d3c-4f1a-9a51-0123456789ab", name="web")
-    result = {"bytes": 3 << 30, "rounds": 5, "downtime": 0.08}
+    result = {"bytes_sent": 3 << 30, "rounds": 5, "downtime_seconds": 0.08}
     c = Scripted(
         [Pending(0.4), Completed(Completion(duration=3.0, result=result))],
         VM_list=[(vm, VmState())],
@@ -249,7 +267,7 @@ def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]
         [
             "migrate",
             "web",
-            "/run/dest/xenopsd",
+            "/run/dest/xapi",
             "--compress",
             "--vdi-map",
             "a=b",
@@ -264,7 +282,7 @@ def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]
         "vdi_map": {"a": "b"},
         "vif_map": {"0": LocalNetwork("xenbr1")},
         "pci_map": {},
-        "xenops_url": "file:/run/dest/xenopsd",
+        "xenops_url": "http+unix://%2Frun%2Fdest%2Fxapi/services/xenops",
         "compress": True,
         "verify_dest": False,
         "localhost_migration": False,
@@ -272,7 +290,7 @@ def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]
     assert "migrating web [############..................]  40%" in err
     assert "s memory 40%" in err  # the phase the daemon reports
     assert out == (
-        "web: migrated to file:/run/dest/xenopsd\n"
+        "web: migrated to http+unix://%2Frun%2Fdest%2Fxapi/services/xenops\n"
         "  time 3.000s\n  sent 3072.0 MiB at 1024.0 MiB/s\n  rounds 5\n  downtime 0.080s\n"
     )
     assert c.calls[-1] == "Task.destroy"

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from xenopsd.cli.render import (
     wire,
 )
 from xenopsd.cli.session import CliError, Session
+from xenopsd.migrate import protocol
 from xenopsd.rpc.client import decode_error
 
 Handler = Callable[[Session, Output, argparse.Namespace], None]
@@ -309,10 +311,13 @@ def cmd_delay(s: Session, out: Output, args: argparse.Namespace) -> None:
 
 
 def migration_url(target: str) -> str:
-    """A URL as given; a path to another daemon's socket as the `file:` URL clients use."""
-    if "://" in target or target.startswith("file:"):
+    """A URL as given; a path as the `http+unix` URL the engine accepts for a
+    destination reached through a local socket (its xapi's, which hands the
+    migration's connections over to its xenopsd; spec migration §4.4.2)."""
+    if "://" in target:
         return target
-    return "file:" + os.path.abspath(target)
+    quoted = urllib.parse.quote(os.path.abspath(target), safe="")
+    return f"http+unix://{quoted}{protocol.SERVICE_PREFIX}"
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -325,19 +330,31 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-_STATS = {
-    "bytes": ("bytes", "bytes_sent", "total_bytes", "sent_bytes"),
-    "rounds": ("rounds", "iterations", "live_rounds"),
-    "downtime": ("downtime", "downtime_s", "downtime_seconds"),
-}
+_STATS = {"bytes": "bytes_sent", "rounds": "rounds", "downtime": "downtime_seconds"}
+"""The summary's figures: keys of the task result VM.migrate completes with
+(docs/migration.md, "Statistics")."""
+
+
+def _typed(value: Any) -> Any:
+    """A raw result's ints travel untyped in XML-RPC, as upstream prints them, and
+    arrive as strings: numbers again, so JSON output and arithmetic see numbers."""
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def migration_summary(result: Any, duration: float) -> tuple[list[str], dict[str, Any]]:
-    """Throughput, rounds and downtime from the task's result, whichever of them it reports."""
-    stats: dict[str, Any] = dict(result) if isinstance(result, dict) else {}
-    found = {
-        name: next((stats[k] for k in keys if k in stats), None) for name, keys in _STATS.items()
-    }
+    """Throughput, rounds and downtime from the task's result, as far as it reports them."""
+    stats: dict[str, Any] = (
+        {k: _typed(v) for k, v in result.items()} if isinstance(result, dict) else {}
+    )
+    found = {name: stats.get(key) for name, key in _STATS.items()}
     lines = [f"time {seconds(duration)}"]
     record: dict[str, Any] = {"duration": duration, "statistics": stats}
     if isinstance(found["bytes"], int | float) and duration > 0:
@@ -348,8 +365,7 @@ def migration_summary(result: Any, duration: float) -> tuple[list[str], dict[str
         lines.append(f"rounds {found['rounds']}")
     if isinstance(found["downtime"], int | float):
         lines.append(f"downtime {seconds(float(found['downtime']))}")
-    shown = {k for keys in _STATS.values() for k in keys}
-    lines += [f"{k} {v}" for k, v in stats.items() if k not in shown]
+    lines += [f"{k} {v}" for k, v in stats.items() if k not in _STATS.values()]
     return lines, record
 
 
@@ -833,7 +849,8 @@ def add_commands(sub: Any) -> None:
     vm_arg(p)
     p.add_argument(
         "destination",
-        help="the destination's xenops URL, or the path of its socket (sent as file:PATH)",
+        help="the destination's xenops URL, or the path of the socket of its xapi "
+        "(sent as http+unix://PATH/services/xenops)",
     )
     p.add_argument("--compress", action="store_true", help="compress the memory stream")
     p.add_argument(
