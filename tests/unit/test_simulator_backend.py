@@ -172,6 +172,7 @@ def test_rename_moves_the_domain_and_its_devices(
     assert s.vbd_get_state("w", make_vbd("w", "xvda")).plugged
     s.vif_unplug(T, "w", make_vif("w", 0), False)
     assert s.managed_vms() == ["w"]
+    assert store.read(("domain", "v")) is None and store.read(("domain", "w")) is not None
     s.vm_create(T, vm, None, None, None, False, 0, 0)
     with pytest.raises(AlreadyExists):
         s.vm_rename("v", "w", RenameWhen.Post_migration)
