@@ -501,7 +501,9 @@ class Simulator(Backend):
         self._update(vm.id, lambda d: replace(d, built=True, suspended=False))
 
     def vm_resume(self, task: TaskContext, vm: Vm) -> None:
-        raise Unimplemented("resume")
+        """Fast resume: the suspended domain carries on in place (upstream's
+        simulator answers Unimplemented; our issue wants every method served)."""
+        self._update_built(vm.id, lambda d: replace(d, suspended=False))
 
     def vm_s3suspend(self, task: TaskContext, vm: Vm) -> None:
         pass
@@ -739,7 +741,9 @@ class Simulator(Backend):
     def vgpu_start(
         self, task: TaskContext, vm_id: VmId, vgpus: list[Vgpu], saved_state: bool
     ) -> None:
-        raise Unimplemented("VGPU.start")
+        """A simulated vGPU needs no emulator; its plugged state is the record's."""
+        with self._lock:
+            self._require_built(self._read(vm_id))
 
     def vgpu_set_active(self, task: TaskContext, vm_id: VmId, vgpu: Vgpu, active: bool) -> None:
         pass
