@@ -148,6 +148,10 @@ cdef int _bitmap_from(object items, libxl_bitmap *b) except -1:
     return 0
 
 
+ctypedef int (*_domid_ao)(libxl_ctx *ctx, uint32_t domid,
+                          const libxl_asyncop_how *ao_how) noexcept nogil
+
+
 cdef class _Bitmap:
     """A libxl_bitmap that must live until an asynchronous operation completes."""
 
@@ -672,56 +676,32 @@ cdef class Context:
         self._leave()
         return self._done(op, rc, "libxl_domain_resume", None)
 
-    def domain_destroy(self, uint32_t domid, *, bint asynchronous=False):
-        cdef Operation op = self._op("libxl_domain_destroy", asynchronous, None)
+    cdef object _domid_call(self, _domid_ao fn, str call, uint32_t domid, bint asynchronous):
+        """The calls that take only a domid and an ao_how differ in nothing else."""
+        cdef Operation op = self._op(call, asynchronous, None)
         cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
         cdef libxl_ctx *c = self._enter()
         cdef int rc
         with nogil:
-            rc = libxl_domain_destroy(c, domid, how)
+            rc = fn(c, domid, how)
         self._leave()
-        return self._done(op, rc, "libxl_domain_destroy", None)
+        return self._done(op, rc, call, None)
+
+    def domain_destroy(self, uint32_t domid, *, bint asynchronous=False):
+        return self._domid_call(libxl_domain_destroy, "libxl_domain_destroy", domid, asynchronous)
 
     def domain_shutdown(self, uint32_t domid, *, bint asynchronous=False):
         """Ask the guest to power off (ERROR_NOPARAVIRT if it has no PV drivers)."""
-        cdef Operation op = self._op("libxl_domain_shutdown", asynchronous, None)
-        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
-        cdef libxl_ctx *c = self._enter()
-        cdef int rc
-        with nogil:
-            rc = libxl_domain_shutdown(c, domid, how)
-        self._leave()
-        return self._done(op, rc, "libxl_domain_shutdown", None)
+        return self._domid_call(libxl_domain_shutdown, "libxl_domain_shutdown", domid, asynchronous)
 
     def domain_reboot(self, uint32_t domid, *, bint asynchronous=False):
-        cdef Operation op = self._op("libxl_domain_reboot", asynchronous, None)
-        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
-        cdef libxl_ctx *c = self._enter()
-        cdef int rc
-        with nogil:
-            rc = libxl_domain_reboot(c, domid, how)
-        self._leave()
-        return self._done(op, rc, "libxl_domain_reboot", None)
+        return self._domid_call(libxl_domain_reboot, "libxl_domain_reboot", domid, asynchronous)
 
     def domain_pause(self, uint32_t domid, *, bint asynchronous=False):
-        cdef Operation op = self._op("libxl_domain_pause", asynchronous, None)
-        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
-        cdef libxl_ctx *c = self._enter()
-        cdef int rc
-        with nogil:
-            rc = libxl_domain_pause(c, domid, how)
-        self._leave()
-        return self._done(op, rc, "libxl_domain_pause", None)
+        return self._domid_call(libxl_domain_pause, "libxl_domain_pause", domid, asynchronous)
 
     def domain_unpause(self, uint32_t domid, *, bint asynchronous=False):
-        cdef Operation op = self._op("libxl_domain_unpause", asynchronous, None)
-        cdef const libxl_asyncop_how *how = &op.how if op is not None else NULL
-        cdef libxl_ctx *c = self._enter()
-        cdef int rc
-        with nogil:
-            rc = libxl_domain_unpause(c, domid, how)
-        self._leave()
-        return self._done(op, rc, "libxl_domain_unpause", None)
+        return self._domid_call(libxl_domain_unpause, "libxl_domain_unpause", domid, asynchronous)
 
     def send_trigger(self, uint32_t domid, str trigger, uint32_t vcpuid=0, *,
                      bint asynchronous=False):
