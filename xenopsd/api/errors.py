@@ -13,10 +13,16 @@ from xenopsd.api.kinds import Int, Int64, Variant
 from xenopsd.api.vm import PowerState
 
 
-class XenopsError(Variant, Exception, fallback="Unknown_error"):
+class WireError(Variant, Exception):
+    """What both error types share: exceptions that print as their wire constructor."""
+
     def __str__(self) -> str:
         values = [repr(getattr(self, f.name)) for f in fields(self)]  # type: ignore[arg-type]
         return f"{self.tag}({', '.join(values)})" if values else self.tag
+
+
+class XenopsError(WireError, fallback="Unknown_error"):
+    pass
 
 
 @dataclass(eq=False)
@@ -196,12 +202,8 @@ class UnknownError(XenopsError, tag="Unknown_error"):
     pass
 
 
-class ObserverError(Variant, Exception, fallback="Unknown_error"):
+class ObserverError(WireError, fallback="Unknown_error"):
     """The smaller error type of the `Observer.*` methods (spec §3.12)."""
-
-    def __str__(self) -> str:
-        values = [repr(getattr(self, f.name)) for f in fields(self)]  # type: ignore[arg-type]
-        return f"{self.tag}({', '.join(values)})" if values else self.tag
 
 
 @dataclass(eq=False)

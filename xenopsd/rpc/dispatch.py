@@ -20,8 +20,7 @@ import structlog
 
 from xenopsd import log
 from xenopsd.api import marshal
-from xenopsd.api.errors import InternalError, ObserverError, Unimplemented, XenopsError
-from xenopsd.api.kinds import Variant
+from xenopsd.api.errors import InternalError, Unimplemented, WireError, XenopsError
 from xenopsd.api.methods import METHODS, Method
 
 logger = log.get(__name__)
@@ -40,7 +39,7 @@ def marshal_error(text: str) -> InternalError:
 
 
 def encode_error(exc: BaseException) -> Any:
-    if isinstance(exc, XenopsError | ObserverError) and isinstance(exc, Variant):
+    if isinstance(exc, WireError):
         try:
             return marshal.encode(type(exc).variant_base(), exc)
         except marshal.MarshalError:
@@ -112,7 +111,7 @@ class Dispatcher:
                     call = functools.partial(ctx.run, impl, **kwargs)
                     result = await asyncio.get_running_loop().run_in_executor(self.executor, call)
                 return Reply(True, marshal.encode(method.result, result))
-            except (XenopsError, ObserverError) as exc:
+            except WireError as exc:
                 logger.info("call failed", error=str(exc))
                 return Reply(False, encode_error(exc))
             except marshal.MarshalError as exc:
