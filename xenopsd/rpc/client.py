@@ -22,6 +22,7 @@ from xenopsd.rpc import jsonrpc, xmltext
 from xenopsd.rpc.framing import HEADER, frame, parse_length
 
 MAX_REPLY = 256 * 1024 * 1024
+_WIRE_BY_PY_NAME = {m.py_name: wire for wire, m in METHODS.items()}
 
 
 class TransportError(ConnectionError):
@@ -200,10 +201,10 @@ class Client:
         raise decode_error(method.errors, value)
 
     def __getattr__(self, py_name: str) -> Callable[..., Any]:
-        for wire, m in METHODS.items():
-            if m.py_name == py_name:
-                return lambda **kw: self.call(wire, **kw)
-        raise AttributeError(py_name)
+        wire = _WIRE_BY_PY_NAME.get(py_name)
+        if wire is None:
+            raise AttributeError(py_name)
+        return lambda **kw: self.call(wire, **kw)
 
 
 def decode_error(errors: type[Exception], value: Any) -> Exception:
