@@ -102,3 +102,40 @@ def test_guest_config_is_validated(host: Host) -> None:
         with pytest.raises(HypercallError) as exc:
             host.guest_config(d, **bad)
         assert exc.value.errno == errno.EINVAL
+
+
+def test_run_history_times_every_start_and_stop(host: Host) -> None:
+    d = new(host)
+    handle = host.domains[d].uuid
+    host.domain_unpause(d)
+    host.domain_pause(d)
+    host.domain_unpause(d)
+    host.domain_shutdown(d, int(ShutdownReason.SUSPEND))
+    host.domain_resume(d)
+    runs = [(e["domid"], e["uuid"], e["running"]) for e in host.run_history()
+            if e["domid"] == d]
+    assert runs == [(d, handle, r) for r in (True, False, True, False, True)]
+    times = [e["t"] for e in host.run_history()]
+    assert times == sorted(times)
+
+
+class _History:
+    def __init__(self, entries: list[tuple[float, int, str, bool]]) -> None:
+        self.entries = entries
+
+    def run_history(self) -> list[dict[str, object]]:
+        return [{"t": t, "domid": d, "uuid": u, "running": r} for t, d, u, r in self.entries]
+
+
+def test_guest_downtime_spans_the_last_stop_to_the_first_run_after_it() -> None:
+    from xenopsd.emu.testing import guest_downtime
+
+    source = _History([(1.0, 3, "vm", True), (2.0, 3, "vm", False), (2.5, 3, "vm", True),
+                       (4.0, 3, "tmp", False), (4.0, 4, "other", False)])
+    destination = _History([(3.0, 1, "vm", True), (4.25, 7, "tmp", True), (4.5, 7, "vm", True),
+                            (5.0, 7, "vm", False), (6.0, 7, "vm", True)])
+    assert guest_downtime(source, 3, destination, "vm") == 0.5  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="never stopped"):
+        guest_downtime(source, 9, destination, "vm")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="never ran"):
+        guest_downtime(source, 3, destination, "gone")  # type: ignore[arg-type]

@@ -100,6 +100,12 @@ class TaskContext(Protocol):
 
     def subtask(self, name: str) -> AbstractContextManager[None]: ...
 
+    def at_end(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the whole operation is over, whatever its outcome:
+        for what must outlive the atomic that made it but not the operation
+        (a guest mapping whose teardown would stall a migration's downtime)."""
+        ...
+
 
 class KeyValueStore(Protocol):
     """The backend's private namespace of the metadata store (e.g. `domain/<vm>`).

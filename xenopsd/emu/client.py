@@ -102,6 +102,12 @@ class GuestMapping:
         self.memory.close()
         self.log.mm.close()
 
+    def close_later(self) -> None:
+        """Unmapping takes 50-140 ms per GiB of touched memory (page-table
+        teardown, without the GIL): a migration must not keep its guest
+        stopped for that, so a thread does it."""
+        threading.Thread(target=self.close, name="unmap", daemon=True).start()
+
 
 class DomainMemory:
     """`xenopsd.migrate.save.GuestMemory` over an emulated domain: what the
@@ -470,6 +476,10 @@ class EmuHypervisor(Hypervisor):
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.call("status")
         return status
+
+    def run_history(self) -> list[dict[str, Any]]:
+        history: list[dict[str, Any]] = self.call("run_history")
+        return history
 
     # ---- faults -------------------------------------------------------------
 

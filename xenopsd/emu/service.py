@@ -123,6 +123,7 @@ class Emulator:
             "fault_backend": self.fault_backend,
             "fault_clear": self.fault_clear,
             "status": self.status,
+            "run_history": host.run_history,
         })
 
     @property

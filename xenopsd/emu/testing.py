@@ -259,3 +259,19 @@ def suspend_guest(hv: EmuHypervisor, xs: Client, g: Guest, timeout: float = 30.0
 def xenstore_env(emu: EmulatorProcess) -> dict[str, str]:
     """Environment for Xen's xenstore-* tools against this host."""
     return {**os.environ, "XENSTORED_PATH": emu.xenstored_path}
+
+
+def guest_downtime(source: EmuHypervisor, src_domid: int, destination: EmuHypervisor,
+                   vm_uuid: str) -> float:
+    """Seconds from the source domain's last stop to the first run of the
+    domain `vm_uuid` on the destination: what the guest itself lost in a
+    migration, read from the two hypervisors rather than from the daemons."""
+    stopped = [e["t"] for e in source.run_history()
+               if e["domid"] == src_domid and not e["running"]]
+    if not stopped:
+        raise ValueError(f"domain {src_domid} never stopped on the source")
+    started = [e["t"] for e in destination.run_history()
+               if e["uuid"] == vm_uuid and e["running"] and e["t"] > stopped[-1]]
+    if not started:
+        raise ValueError(f"VM {vm_uuid} never ran on the destination after the source stopped")
+    return float(started[0] - stopped[-1])

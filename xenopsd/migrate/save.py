@@ -127,6 +127,9 @@ class SaveStats:
     total_time: float = 0.0
     suspend_at: float = 0.0
     downtime: float = 0.0
+    # CLOCK_MONOTONIC when the source saw the guest stopped, where it can tell
+    # (a guest takes a while to obey a suspend request and runs meanwhile).
+    stopped_at: float | None = None
     # (time, bytes sent so far) after every hot-path call: throughput over time.
     trace: list[tuple[float, int]] = field(default_factory=list)
 

@@ -12,8 +12,11 @@ that accepts connections handed over through `xenopsd.forwarded` calls
 upstream's handler does, so the caller keeps the connection open that long.
 
 Statistics of the memory transfer (the save's rounds and bytes) and the
-downtime (from the suspend request on the sender to sync 4, which the
-receiver sends straight after unpausing the guest) are the task's result.
+downtime are the task's result. Downtime runs from the moment the sender
+sees its guest stopped (the backend's report; else the suspend request) to
+sync 4, which the receiver sends straight after unpausing the guest; the
+time the guest took to obey the request, running meanwhile, is reported
+apart as `suspend_seconds`.
 """
 
 from __future__ import annotations
@@ -195,7 +198,9 @@ class Migrations:
             ],
             task,
         )
-        result = statistics(stats, resumed_at - suspended_at, time.monotonic() - started)
+        stopped_at = stats.stopped_at or suspended_at
+        result = statistics(stats, resumed_at - stopped_at, time.monotonic() - started)
+        result["suspend_seconds"] = round(stopped_at - suspended_at, 4)
         result["wire_bytes"] = wire.bytes if compress else stats.bytes_sent
         logger.info("migrate.done", vm=vm_id, **result)
         return result

@@ -66,6 +66,7 @@ class TaskHandle:
         self.cancel_points = 0
         self._cancel_at = cancel_at
         self._callbacks: list[Callable[[], None]] = []
+        self._at_end: list[Callable[[], None]] = []
         self.backtrace = "()"
         self.done = threading.Event()
         self.destroy_on_finish = False
@@ -118,6 +119,19 @@ class TaskHandle:
             self.check_cancelled()
             yield
             self.check_cancelled()
+
+    def at_end(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._at_end.append(callback)
+
+    def _run_at_end(self) -> None:
+        with self._lock:
+            callbacks, self._at_end = self._at_end, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                logger.warning("task.at_end_failed", task=self._id, error=str(exc))
 
     def set_progress(self, fraction: float) -> None:
         if isinstance(self.state, Pending) and self.state.progress != fraction:
@@ -244,3 +258,4 @@ class TaskTable:
             self._forget(handle.id)
         else:
             self.signal(handle)
+        handle._run_at_end()

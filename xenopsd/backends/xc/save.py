@@ -196,12 +196,14 @@ def save_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm: Vm
         info = hv.domain_getinfo(dom.domid)
         if not info.shutdown or info.shutdown_code != ShutdownReason.SUSPEND:
             raise InternalError(f"domain {dom.domid} shut down, but not for suspend")
+        stopped.append(time.monotonic())
 
     def ring(key: str) -> int:
         value = xc._read(f"{dom.home}/{key}")
         return int(value) if value and value.isdigit() else 0
 
     qemu: list[bytes] = []
+    stopped: list[float] = []
 
     def suspend_and_save_devices() -> None:
         suspend()
@@ -218,6 +220,7 @@ def save_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm: Vm
             head = write_all(fd, image.head(meta))
             progress(0.1)
             stats = save(fd, source, io, live=live, policy=_CancelPolicy(task))
+            stats.stopped_at = stopped[0] if stopped else None
             tail = image.tail(qemu=qemu[0] if qemu else None)
             stats.bytes_sent += head + write_all(fd, tail)
         progress(1.0)
@@ -227,7 +230,7 @@ def save_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm: Vm
         task.check_cancelled()
         raise InternalError(f"saving domain {dom.domid}: {exc}") from None
     finally:
-        memory.close()
+        task.at_end(memory.map.close_later)
     if not live:
         # The domain is destroyed next; the record says its memory is on disk
         # (VM.stat: Suspended) until a resume creates a new domain.
@@ -260,7 +263,7 @@ def restore_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm:
         task.check_cancelled()
         raise InternalError(f"restoring domain {dom.domid}: End_of_file ({exc})") from None
     finally:
-        mapping.close()
+        task.at_end(mapping.close_later)
     if isinstance(vm.ty, HVM):
         blobs = [e for e in got.events
                  if isinstance(e, image.Blob) and e.stype == image.SectionType.QEMU_TRAD]
