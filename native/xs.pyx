@@ -59,6 +59,13 @@ cdef bytes _b(object s):
     return b
 
 
+cdef extern from "<stdbool.h>":
+    ctypedef bint c_bool "bool"
+
+# libxenstore's calls that take a path and return a C bool: one wrapper, one error path
+ctypedef c_bool (*path_op)(xs_handle *h, xs_transaction_t t, const char *path) noexcept nogil
+
+
 cdef class Handle:
     """One connection to xenstored; requests on it are serialised by libxenstore."""
 
@@ -143,29 +150,23 @@ cdef class Handle:
         if not ok:
             _fail(err, "xs_write", p)
 
-    def mkdir(self, path, unsigned int tx=0):
+    cdef _path_op(self, path_op op, str name, path, unsigned int tx):
         cdef xs_handle *h = self._handle()
         cdef bytes p = _b(path)
         cdef const char *cp = p
         cdef bint ok
         cdef int err
         with nogil:
-            ok = xs_mkdir(h, tx, cp)
+            ok = op(h, tx, cp)
             err = errno
         if not ok:
-            _fail(err, "xs_mkdir", p)
+            _fail(err, name, p)
+
+    def mkdir(self, path, unsigned int tx=0):
+        self._path_op(xs_mkdir, "xs_mkdir", path, tx)
 
     def rm(self, path, unsigned int tx=0):
-        cdef xs_handle *h = self._handle()
-        cdef bytes p = _b(path)
-        cdef const char *cp = p
-        cdef bint ok
-        cdef int err
-        with nogil:
-            ok = xs_rm(h, tx, cp)
-            err = errno
-        if not ok:
-            _fail(err, "xs_rm", p)
+        self._path_op(xs_rm, "xs_rm", path, tx)
 
     def directory(self, path, unsigned int tx=0):
         """Child names (bytes) in creation order; falls back to DIRECTORY_PART when long."""
