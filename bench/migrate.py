@@ -277,8 +277,11 @@ def emulated_hosts(ctx: Context) -> None:
     from tests.relay import running_relay
     from xenopsd.emu.testing import guest_downtime
 
+    # The daemons' metadata on tmpfs where there is one, as upstream's default
+    # database path (/var/run/nonpersistent) is on a production host.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     for size in ctx.emulated_sizes:
-        with tempfile.TemporaryDirectory() as root, \
+        with tempfile.TemporaryDirectory(dir=shm) as root, \
                 running_xc_host(Path(root) / "a") as a, running_xc_host(Path(root) / "b") as b:
             ca, cb = a.daemon.xml(), b.daemon.xml()
             hva, hvb = a.emu.client(), b.emu.client()
@@ -449,7 +452,8 @@ def main() -> int:
         "touch), which the stream rows' pre-touched receiver does not pay. The guest "
         "downtime is read off the two emulated hypervisors: from the source domain's stop "
         "to the destination domain's first run. The emulated guest takes 50 ms to obey a "
-        "suspend request and keeps running meanwhile.",
+        "suspend request and keeps running meanwhile. The daemons keep their metadata on "
+        "tmpfs, as upstream's default database path (`/var/run/nonpersistent`) is.",
         "",
         *summary(ctx),
         "",
