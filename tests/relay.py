@@ -6,16 +6,25 @@ xapi receives the sender's HTTP requests: it relays the XML-RPC `POST`s
 the request's JSON description and the connection itself, then keeps its
 end open until xenopsd is done. The relay does exactly that, on a TCP port
 or a Unix socket, with a thread per connection.
+
+Given a `Fault`, the relay stands between the two daemons on the route it
+names instead (as stunnel does on a real host, where xenopsd gets a socket
+to it rather than the client's) and breaks the migration at that point of
+the protocol, as a failing network would. Neither daemon is touched, so the
+failure paths of spec migration §4.4.4 run as in production, at points a
+test names exactly rather than by timing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from xenopsd.migrate import protocol
@@ -25,12 +34,81 @@ from xenopsd.rpc.forwarded import describe
 MAX_HEAD = 65536
 
 
+@dataclass(frozen=True)
+class Fault:
+    """Where the relay breaks a migration. Frames are spec §4.4.3's handshake
+    frames, counted from 1 in each direction of one connection. To break is to
+    shut both halves of that connection down at once: each daemon reads EOF
+    (after what was already passed on) and gets EPIPE when it writes."""
+
+    route: protocol.Route
+    lose_to_receiver: int = 0
+    """This frame from the sender never arrives: the connection breaks instead."""
+    lose_to_sender: int = 0
+    """This frame from the receiver never arrives: the connection breaks instead."""
+    last_to_sender: int = 0
+    """The connection breaks right after this frame from the receiver was passed on."""
+    hold_tail: int = 0
+    """The sender's last bytes never arrive: at its EOF the receiver gets EOF early."""
+
+
+MEMORY_DROPPED = Fault("mem", last_to_sender=1)
+"""The memory connection breaks once sync 1-mem is through, before any memory."""
+IMAGE_CUT = Fault("mem", hold_tail=8)
+"""The image arrives without the end of its footer: the sender wrote all of it
+(its guest suspended) but the restore fails."""
+SYNC_3_LOST = Fault("vm", lose_to_receiver=2)
+"""The control connection breaks as sync 3 passes (the 1-mem ACK is frame 1)."""
+SYNC_4_LOST = Fault("vm", lose_to_sender=2)
+"""The control connection breaks as sync 4 passes (sync 1 is frame 1)."""
+
+
+def _read_frame(sock: socket.socket) -> bytes | None:
+    head = sock.recv(2, socket.MSG_WAITALL)
+    if len(head) < 2:
+        return None
+    (length,) = struct.unpack(">H", head)
+    body = sock.recv(length, socket.MSG_WAITALL) if length else b""
+    return head + body if len(body) == length else None
+
+
+def _pass_bytes(src: socket.socket, dst: socket.socket, hold: int) -> None:
+    held = b""
+    with contextlib.suppress(OSError):
+        while chunk := src.recv(65536):
+            held += chunk
+            if len(held) > hold:
+                dst.sendall(held[: len(held) - hold])
+                held = held[len(held) - hold :]
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _pass_frames(src: socket.socket, dst: socket.socket, lose: int, last: int,
+                 cut: Callable[[], None]) -> None:
+    count = 0
+    with contextlib.suppress(OSError):
+        while (frame := _read_frame(src)) is not None:
+            count += 1
+            if count == lose:
+                cut()
+                return
+            dst.sendall(frame)
+            if count == last:
+                cut()
+                return
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
 class Relay:
     def __init__(self, sockets: Path, unix_path: Path | None = None,
-                 host: str = "127.0.0.1", listener: socket.socket | None = None) -> None:
+                 host: str = "127.0.0.1", listener: socket.socket | None = None,
+                 fault: Fault | None = None) -> None:
         """`sockets`: the destination daemon's sockets directory; listen on
         `listener` (a bound TCP socket, e.g. made in another network
         namespace), on `unix_path`, or on an ephemeral TCP port of `host`."""
+        self.fault = fault
         self.xml_socket = str(sockets / "xenopsd")
         self.forwarded = str(sockets / "xenopsd.forwarded")
         self.handed_over: list[str] = []
@@ -91,20 +169,58 @@ class Relay:
             path, _, query = target.partition("?")
             cookie = protocol.parse_cookie(headers.get("cookie", ""))
             self.handed_over.append(path)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fwd:
-                fwd.connect(self.forwarded)
-                socket.send_fds(fwd, [describe(path, cookie, dict(urllib.parse.parse_qsl(query)))],
-                                [conn.fileno()])
-                # xenopsd holds the request until the migration is over; any
-                # response it writes back goes to the client (none on success)
-                while data := fwd.recv(65536):
-                    conn.sendall(data)
+            routed = protocol.route(path)
+            fault = self.fault
+            if fault is not None and routed is not None and routed[0] == fault.route:
+                mine, theirs = socket.socketpair()
+                with mine:
+                    pumps = self._interpose(fault, conn, mine)
+                    self._hand_over(conn, theirs, path, cookie, query)
+                    for pump in pumps:
+                        pump.join()
+            else:
+                self._hand_over(conn, conn, path, cookie, query)
+
+    def _hand_over(self, conn: socket.socket, given: socket.socket, path: str,
+                   cookie: dict[str, str], query: str) -> None:
+        """Pass `given` to xenopsd, and wait for it to be done with the request."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fwd:
+            fwd.connect(self.forwarded)
+            socket.send_fds(fwd, [describe(path, cookie, dict(urllib.parse.parse_qsl(query)))],
+                            [given.fileno()])
+            if given is not conn:
+                given.close()  # xenopsd's copy is the only one: its close is our EOF
+            # xenopsd holds the request until the migration is over; any
+            # response it writes back goes to the client (none on success)
+            while data := fwd.recv(65536):
+                conn.sendall(data)
+
+    @staticmethod
+    def _interpose(fault: Fault, client: socket.socket,
+                   daemon: socket.socket) -> list[threading.Thread]:
+        def cut() -> None:
+            for sock in (client, daemon):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        if fault.route == "mem":  # bytes towards the receiver; sync 1-mem back
+            up = threading.Thread(target=_pass_bytes, args=(client, daemon, fault.hold_tail))
+        else:
+            up = threading.Thread(target=_pass_frames,
+                                  args=(client, daemon, fault.lose_to_receiver, 0, cut))
+        down = threading.Thread(target=_pass_frames, args=(
+            daemon, client, fault.lose_to_sender, fault.last_to_sender, cut))
+        for pump in (up, down):
+            pump.daemon = True
+            pump.start()
+        return [up, down]
 
 
 @contextlib.contextmanager
 def running_relay(sockets: Path, unix_path: Path | None = None,
-                  listener: socket.socket | None = None) -> Iterator[Relay]:
-    relay = Relay(sockets, unix_path, listener=listener)
+                  listener: socket.socket | None = None,
+                  fault: Fault | None = None) -> Iterator[Relay]:
+    relay = Relay(sockets, unix_path, listener=listener, fault=fault)
     try:
         yield relay
     finally:
@@ -112,9 +228,9 @@ def running_relay(sockets: Path, unix_path: Path | None = None,
 
 
 @contextlib.contextmanager
-def unix_relay(sockets: Path) -> Iterator[Relay]:
+def unix_relay(sockets: Path, fault: Fault | None = None) -> Iterator[Relay]:
     """A relay on a Unix socket under /tmp: a pytest tmp_path can be longer than
     a socket address may be."""
     with tempfile.TemporaryDirectory(prefix="relay", dir="/tmp") as d, \
-            running_relay(sockets, Path(d) / "xapi") as relay:
+            running_relay(sockets, Path(d) / "xapi", fault=fault) as relay:
         yield relay

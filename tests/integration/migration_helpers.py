@@ -1,12 +1,22 @@
 """What every VM.migrate test does, whatever the backend: call it, list what a
-daemon knows, and wait for the receiver, which cleans up on its own worker."""
+daemon knows, and wait for the receiver, which cleans up on its own worker;
+and what both sides must look like after a failure past the source's suspend
+(spec migration §4.4.4)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from tests.daemon import Daemon
+from tests.integration.engine_helpers import failure
 from xenopsd.api.devices import Network
+from xenopsd.api.errors import XenopsError
+from xenopsd.api.updates import VmUpdate
+from xenopsd.api.vm import PowerState
+from xenopsd.migrate.protocol import tmp_dest_id
 from xenopsd.rpc.client import Client
 
 
@@ -30,3 +40,34 @@ def eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> 
     while not check():
         assert time.monotonic() < end, what
         time.sleep(0.05)
+
+
+def failed_migration(c: Client, vid: str, url: str) -> tuple[XenopsError, list[Any]]:
+    """A VM.migrate that must fail: its error, and what the source's update
+    stream reported from the call to the task's end."""
+    last = c.call("UPDATES.last_id")
+    err = failure(c, migrate(c, vid, url))
+    _barriers, ids, _last = c.call("UPDATES.get", last_id=last, timeout=0)
+    return err, ids
+
+
+def assert_halted_not_resumed(c: Client, vm_id: str, updates: list[Any]) -> None:
+    """Past its suspend the source guest is not resumed (spec §4.4.4): the
+    engine's check after the failure shuts the suspended domain down, and
+    clients are told."""
+    state = c.call("VM.stat", id=vm_id)[1]
+    assert state.power_state is PowerState.Halted and not state.domids, state
+    assert VmUpdate(vm_id) in updates, updates
+
+
+def stored(d: Daemon, vm_id: str) -> list[Path]:
+    """Whatever the daemon keeps on disk under `vm_id`: metadata, backend records."""
+    return [p for p in (d.root / "db").rglob("*") if vm_id in p.name]
+
+
+def assert_destination_clean(d: Daemon, vid: str) -> None:
+    """The half-received VM is gone from the destination, records and files."""
+    c = d.xml()
+    eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(c), "destination VM gone")
+    eventually(lambda: not stored(d, tmp_dest_id(vid)) and not stored(d, vid),
+               "destination files gone")

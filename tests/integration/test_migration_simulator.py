@@ -4,7 +4,8 @@ simulator"), by the engine's xenopsd-to-xenopsd protocol, as on the xc backend.
 The simulator's save writes a real image to the memory connection and its
 restore reads it strictly, so the same sender, receiver, relay (the
 destination's xapi) and URL form as the xc migration tests are exercised,
-without an emulated host.
+without an emulated host. Its guest suspends as the save starts, so every
+failure from the memory transfer on is one past the point of no return.
 """
 
 from __future__ import annotations
@@ -25,9 +26,25 @@ from tests.integration.engine_helpers import (
     success,
     wait_task,
 )
-from tests.integration.migration_helpers import eventually, migrate, vm_ids
-from tests.relay import Relay, unix_relay
-from xenopsd.api.errors import Cancelled, DoesNotExist
+from tests.integration.migration_helpers import (
+    assert_destination_clean,
+    assert_halted_not_resumed,
+    eventually,
+    failed_migration,
+    migrate,
+    stored,
+    vm_ids,
+)
+from tests.relay import (
+    IMAGE_CUT,
+    MEMORY_DROPPED,
+    SYNC_3_LOST,
+    SYNC_4_LOST,
+    Fault,
+    Relay,
+    unix_relay,
+)
+from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError
 from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState
 from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
@@ -89,7 +106,7 @@ def test_migrate_moves_the_vm_and_its_devices(clients: tuple[Client, Client],
     # the statistics are those of a real save of the simulator's image
     assert isinstance(task.state, Completed)
     stats: dict[str, Any] = task.state.completion.result  # type: ignore[assignment]
-    assert set(stats) == {*statistics(SaveStats(), 0.0, 0.0), "wire_bytes"}
+    assert set(stats) == {*statistics(SaveStats(), 0.0, 0.0), "wire_bytes", "suspend_seconds"}
     assert int(stats["rounds"]) >= 1
     assert int(stats["bytes_sent"]) == int(stats["wire_bytes"]) > 0
     # it can go on living there
@@ -146,3 +163,84 @@ def test_cancel_at_every_point_leaves_the_source_running_and_the_destination_cle
     assert cb.call("VM.stat", id=vid)[1].power_state is PowerState.Running
     success(cb, cb.call("VM.shutdown", id=vid, delay=None))
     cb.call("VM.remove", id=vid)
+
+
+@pytest.mark.parametrize(("fault", "renamed", "says"), [
+    (MEMORY_DROPPED, False, "Broken pipe"),
+    (IMAGE_CUT, True, "restore"),
+    (SYNC_3_LOST, True, "sync 4"),
+], ids=["memory-dropped", "image-cut", "sync-3-lost"])
+def test_a_break_past_the_suspend_stops_the_source_and_cleans_the_destination(
+    daemons: tuple[Daemon, Daemon], fault: Fault, renamed: bool, says: str
+) -> None:
+    """Spec §4.4.4: the failure is the task's; the source is not resumed, under
+    the id it had when it failed (renamed once its save was complete); the
+    destination removes what it received, whether its restore failed or sync 3
+    never came. The VM can then be started and migrated again."""
+    a, b = daemons
+    ca, cb = a.xml(), b.xml()
+    vid = running_vm(ca)
+    with unix_relay(b.sockets, fault) as relay:
+        err, updates = failed_migration(ca, vid, relay.url)
+    assert isinstance(err, InternalError) and says in str(err), err
+    source = tmp_source_id(vid) if renamed else vid
+    assert_halted_not_resumed(ca, source, updates)
+    assert not ({vid, tmp_source_id(vid)} - {source}) & vm_ids(ca)
+    assert_destination_clean(b, vid)
+    assert not stored(a, tmp_dest_id(vid))
+    ca.call("VM.remove", id=source)
+    if not renamed:  # nothing on either side is in the way of another go
+        vid = running_vm(ca)
+        with unix_relay(b.sockets) as relay:
+            success(ca, migrate(ca, vid, relay.url))
+        assert cb.call("VM.stat", id=vid)[1].power_state is PowerState.Running
+        success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+        cb.call("VM.remove", id=vid)
+
+
+def test_a_lost_sync_4_leaves_the_vm_on_the_destination_only(
+    daemons: tuple[Daemon, Daemon]
+) -> None:
+    """Spec §4.4.4: no sync 4 is an internal error at the source, where the VM
+    already runs on the destination: the source keeps its renamed copy,
+    stopped, and the destination its VM, running under the real id."""
+    a, b = daemons
+    ca, cb = a.xml(), b.xml()
+    vid = running_vm(ca)
+    with unix_relay(b.sockets, SYNC_4_LOST) as relay:
+        err, updates = failed_migration(ca, vid, relay.url)
+    assert isinstance(err, InternalError) and "sync 4" in str(err), err
+    assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
+    assert vid not in vm_ids(ca)
+    state = cb.call("VM.stat", id=vid)[1]
+    assert state.power_state is PowerState.Running and state.domids
+    assert cb.call("VIF.stat", id=(vid, "0"))[1].plugged
+    assert tmp_dest_id(vid) not in vm_ids(cb) and not stored(b, tmp_dest_id(vid))
+    ca.call("VM.remove", id=tmp_source_id(vid))
+    success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+    cb.call("VM.remove", id=vid)
+
+
+def test_a_receiver_failing_after_sync_3_sends_its_error_and_cleans_up(
+    daemons: tuple[Daemon, Daemon]
+) -> None:
+    """The destination's post-migrate hook fails after the unpause: the
+    destination shuts the VM down and removes it, and its error comes back
+    at sync 4; the source stays stopped (spec §4.4.4, both sides)."""
+    a, b = daemons
+    ca = a.xml()
+    vid = running_vm(ca)
+    hook = b.root / "hooks" / "vm-post-migrate" / "fail"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text("#!/bin/sh\necho refused\nexit 2\n")
+    hook.chmod(0o755)
+    try:
+        with unix_relay(b.sockets) as relay:
+            err, updates = failed_migration(ca, vid, relay.url)
+    finally:
+        hook.unlink()
+    assert isinstance(err, InternalError) and "sync 4" in str(err), err
+    assert "Hook_failed" in str(err) and "refused" in str(err), err
+    assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
+    assert_destination_clean(b, vid)
+    ca.call("VM.remove", id=tmp_source_id(vid))

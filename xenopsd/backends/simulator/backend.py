@@ -477,14 +477,19 @@ class Simulator(Backend):
     ) -> None:
         pre_suspend()
         live = SaveFlag.Live in flags
+        if live:
+            # a live save is a migration: the guest has suspended itself and
+            # asks for attention, as a Xen domain shut down for suspend does,
+            # so a migration failing from here on leaves it to the engine's
+            # check to shut down, never running; its domain goes when destroyed
+            # (a suspended one is kept for a resume)
+            self._update(vm.id, lambda d: replace(
+                d, paused=True, domain_action_request=DomainActionRequest.Needs_suspend))
         stats = _write_image(vm, data, live)
         if stats is not None:
             REPORTS.put(task.id, stats)
-        # a live save is a migration: the guest now lives elsewhere and stops
-        # here, and its domain goes when destroyed (a suspended one is kept for
-        # a resume)
-        self._update(vm.id, lambda d: replace(d, paused=True) if live
-                     else replace(d, suspended=True))
+        if not live:
+            self._update(vm.id, lambda d: replace(d, suspended=True))
 
     def vm_restore(
         self,
