@@ -201,6 +201,12 @@ _vm_task("resume", ("suspend_vdi", Disk), doc="Restore a suspended VM; it ends P
 _vm_task("s3suspend", doc="Ask the guest to enter ACPI S3.")
 _vm_task("s3resume", doc="Wake the guest from ACPI S3.")
 _vm_task("fast_resume", doc="Resume a suspended domain in place.")
+_vm_task(
+    "checkpoint",
+    ("disk", Disk),
+    doc="Save a running or paused VM's memory to a disk as VM.suspend does, then let it "
+    "carry on in place (xl save -c). Our extension: xapi composes it from suspend and resume.",
+)
 _declare("VM.export_metadata", VM_ID, result=str, doc="The VM's Metadata.t as JSON text.")
 _declare(
     "VM.import_metadata", ("metadata", str), result=VmId, doc="Register a VM from Metadata.t JSON."

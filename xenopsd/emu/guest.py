@@ -16,6 +16,10 @@ permissions matter exactly as on Xen:
   is what fills the log-dirty bitmap during a live migration.
 
 A paused or shut-down guest does nothing: watch events wait until it runs.
+A guest that suspended itself is frozen, not gone: a resume lets it carry
+on where it stopped, with its memory, its xenstore connection and its
+frontends still connected, as Linux does when its suspend is cancelled (a
+checkpoint); only the destruction of its domain ends it.
 """
 
 from __future__ import annotations
@@ -417,7 +421,8 @@ class Guests:
 
     def _changed(self, dom: Domain, what: str) -> None:
         guest = self.guests.get(dom.domid)
-        if what in ("shutdown", "dying", "destroyed", "soft_reset"):
+        suspended = what == "shutdown" and dom.shutdown_code == ShutdownReason.SUSPEND
+        if what in ("shutdown", "dying", "destroyed", "soft_reset") and not suspended:
             if guest is not None:
                 guest.stop()
                 del self.guests[dom.domid]

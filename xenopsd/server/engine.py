@@ -145,9 +145,18 @@ class Engine:
         (pool or self.default).push(tag, item)
 
     def operation(
-        self, atoms: Callable[[], list[Atomic]], cleanup: list[CheckTarget]
+        self,
+        atoms: Callable[[], list[Atomic]],
+        cleanup: list[CheckTarget],
+        recover: Callable[[], list[Atomic]] | None = None,
     ) -> Callable[[TaskHandle], Any]:
-        """A task body: run the atomics; after a failure, repair `cleanup` (or what failed)."""
+        """A task body: run the atomics; after a failure, repair `cleanup` (or what failed).
+
+        `recover` gives the atomics that undo what a state check would get wrong,
+        run first: only the operation knows that its guest is suspended on
+        purpose, where a state check sees a guest that suspended itself and
+        shuts it down (spec §6.5).
+        """
 
         def body(task: TaskHandle) -> Any:
             built: list[Atomic] = []
@@ -155,6 +164,8 @@ class Engine:
                 built = atoms()
                 return self.perform_atomics(built, task)
             except Exception:
+                if recover is not None:
+                    self._immediate("recover", lambda t: self.perform_atomics(recover(), t))
                 targets = cleanup or [t for a in built for t in at.check_targets(a)]
                 for target in targets:
                     self.immediate_check(target)
@@ -238,13 +249,17 @@ class Engine:
         )
 
     # Clean-up and state checks (spec §6.4, §6.5)
-    def immediate_check(self, target: CheckTarget) -> None:
-        """Run a state check now, in this worker, under a task nobody sees."""
+    def _immediate(self, what: str, run: Callable[[TaskHandle], Any]) -> None:
+        """Clean-up work now, in this worker, under a task nobody sees (spec §6.4):
+        its errors are only logged, so that the operation's own error is reported."""
         task = self.tasks.create("cleanup", visible=False)
         try:
-            self.check_state(target, task)
+            run(task)
         except Exception as exc:
-            logger.warning("cleanup.failed", target=str(target), error=str(exc))
+            logger.warning("cleanup.failed", target=what, error=str(exc))
+
+    def immediate_check(self, target: CheckTarget) -> None:
+        self._immediate(str(target), lambda t: self.check_state(target, t))
 
     def queue_check(self, target: CheckTarget, dbg: str = "events") -> None:
         vm_id = target.id if isinstance(target.id, str) else target.id[0]
@@ -1034,6 +1049,52 @@ class Engine:
             *self.vm_shutdown_atoms(vm_id, None),
             self.a_hook(vm_id, Hook.post_destroy, Reason.suspend),
         ]
+
+    def suspended_in_place(self, vm_id: VmId) -> bool:
+        """The guest is suspended but its domain is still there, as a save leaves
+        it: the simulator keeps a Suspended domain, Xen reports a shutdown for
+        suspend (spec §15.2, §16.6)."""
+        vm = self.db.vm(vm_id)
+        state = self.backend.vm_get_state(vm)
+        if state.power_state is PowerState.Suspended and state.domids:
+            return True
+        return self.backend.vm_get_domain_action_request(vm) is DomainActionRequest.Needs_suspend
+
+    def vm_checkpoint(
+        self, vm_id: VmId, data: Disk
+    ) -> tuple[Callable[[], list[Atomic]], Callable[[], list[Atomic]]]:
+        """`xl save -c`: the atomics, and the recovery after a failure.
+
+        The image is VM.suspend's, but the domain is never destroyed: a fast
+        resume lets the guest carry on with its memory and its connected
+        devices. So the hooks are those of a suspend followed by a resume
+        (upstream's xapi composes checkpoint that way) without the destroy
+        ones. A paused guest cannot answer the suspend request: it runs just
+        long enough to suspend, and is paused again. After a failure the guest
+        must run again whatever broke, never be left suspended or be shut down
+        as a guest that suspended itself would be.
+        """
+        paused = False
+
+        def atoms() -> list[Atomic]:
+            nonlocal paused
+            paused = self.power_state(self.db.vm(vm_id)) is PowerState.Paused
+            vgpu_data = data if self.vgpus(vm_id) else None
+            return [
+                *([self.a_vm_unpause(vm_id)] if paused else []),
+                self.a_hook(vm_id, Hook.pre_suspend, Reason.suspend),
+                self.a_vm_save(vm_id, data, vgpu_data),
+                self.a_hook(vm_id, Hook.pre_resume, Reason.none),
+                self.a_vm_fast_resume(vm_id),
+                self.a_hook(vm_id, Hook.post_resume, Reason.none),
+                *([self.a_vm_pause(vm_id)] if paused else []),
+            ]
+
+        def recover() -> list[Atomic]:
+            resume = [self.a_vm_fast_resume(vm_id)] if self.suspended_in_place(vm_id) else []
+            return [*resume, *([self.a_vm_pause(vm_id)] if paused else [])]
+
+        return atoms, recover
 
     def restore_vifs_atoms(self, vm_id: VmId) -> list[Atomic]:
         return at.parallel(

@@ -174,10 +174,11 @@ class Service:
         cleanup: list[CheckTarget] | None = None,
         precheck: Callable[[], object] | None = None,
         wrap: Callable[[Callable[[], Any]], Any] | None = None,
+        recover: Callable[[], list[Atomic]] | None = None,
     ) -> TaskId:
         """Queue an operation on the VM's queue; `cleanup=None` repairs whatever atomic failed."""
         task = self.tasks.create(debug_info)
-        body = self.engine.operation(atoms, cleanup or [])
+        body = self.engine.operation(atoms, cleanup or [], recover)
 
         def run(t: TaskHandle) -> Any:
             if precheck is not None:
@@ -526,6 +527,21 @@ class Service:
                 id, (PowerState.Suspended, PowerState.Halted), PowerState.Suspended
             ),
             wrap=self._after(id),
+        )
+
+    def vm_checkpoint(self, debug_info: str, id: VmId, disk: Disk) -> TaskId:
+        atoms, recover = self.engine.vm_checkpoint(id, disk)
+        return self._task(
+            debug_info,
+            id,
+            f"VM_checkpoint {id}",
+            atoms,
+            cleanup=[CheckTarget("VM", id)],
+            precheck=lambda: self._require_power(
+                id, (PowerState.Running, PowerState.Paused), PowerState.Running
+            ),
+            wrap=self._after(id),
+            recover=recover,
         )
 
     def vm_migrate(

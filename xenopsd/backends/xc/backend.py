@@ -936,7 +936,25 @@ class Xc(Backend):
         save.restore_vm(self, task, progress, vm, vbds, vifs, data, extras)
 
     def vm_resume(self, task: TaskContext, vm: Vm) -> None:
-        raise Unimplemented("fast resume of xc domains is not implemented yet")
+        """Fast resume (spec §16.8), as libxl's `libxl_domain_resume(suspend_cancel=1)`:
+        the guest's suspend hypercall returns "cancelled", so it carries on with
+        its memory and keeps its PV frontends connected; xenstored is told the
+        domain runs again (XS_RESUME), or it would never report its next
+        shutdown. The device model needs nothing: a save only copies its state.
+        """
+        dom = self._need(vm.id)
+        try:
+            self.hv.domain_resume(dom.domid, fast=True)
+            self.xs.resume_domain(dom.domid)
+        except OSError as exc:
+            raise InternalError(f"resuming domain {dom.domid}: {exc}") from None
+        extra = self._extra(vm.id)
+        if extra is not None and extra.suspend_memory_bytes:
+            # the memory is the domain's again, not only the image's: a later
+            # destroy must leave the VM Halted, not Suspended
+            self._save_extra(dataclasses.replace(extra, suspend_memory_bytes=0))
+        self._refresh_domains()
+        logger.info("xc.resumed", vm=vm.id, domid=dom.domid)
 
     def vm_s3suspend(self, task: TaskContext, vm: Vm) -> None:
         raise Unimplemented("S3 suspend of xc domains is not implemented yet")
