@@ -25,9 +25,26 @@ from typing import Any
 import pytest
 
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
-from tests.integration.migration_helpers import eventually, migrate, vm_ids
+from tests.integration.migration_helpers import (
+    assert_destination_clean,
+    assert_halted_not_resumed,
+    eventually,
+    failed_migration,
+    migrate,
+    stored,
+    vm_ids,
+)
 from tests.integration.test_xc_support import XcHost, running_xc_host
-from tests.relay import Relay, running_relay, unix_relay
+from tests.relay import (
+    IMAGE_CUT,
+    MEMORY_DROPPED,
+    SYNC_3_LOST,
+    SYNC_4_LOST,
+    Fault,
+    Relay,
+    running_relay,
+    unix_relay,
+)
 from xenopsd.api.devices import LocalNetwork
 from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError, XenopsError
 from xenopsd.api.task import Completed
@@ -267,7 +284,7 @@ def test_failure_after_the_suspend_resumes_nothing_on_either_side(
     hosts: tuple[XcHost, XcHost], relay: Relay
 ) -> None:
     a, b = hosts
-    ca, cb = a.daemon.xml(), b.daemon.xml()
+    ca = a.daemon.xml()
     vid = running_vm(ca)
     hva, hvb = a.emu.client(), b.emu.client()
     try:
@@ -276,21 +293,98 @@ def test_failure_after_the_suspend_resumes_nothing_on_either_side(
         # the receiver fails after sync 3: it cannot unpause the new domain
         hvb.fault_hypercall("domain_unpause", errno.EIO, -1)
         try:
-            err = failure(ca, migrate(ca, vid, relay.url))
+            err, updates = failed_migration(ca, vid, relay.url)
         finally:
             hvb.fault_clear()
         assert isinstance(err, InternalError), err
-        assert "sync 4" in str(err)
+        assert "sync 4" in str(err) and "xc_domain_unpause" in str(err), err
         # spec §4.4.4: the destination removed its copy; the source, suspended
         # and renamed, is not resumed (the engine's check shut it down)
-        eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(cb), "destination VM gone")
+        assert_destination_clean(b.daemon, vid)
         eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
-        assert src not in _domains(hva) or hva.domain_getinfo(src).shutdown
+        assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
+        assert src not in _domains(hva)
         assert vid not in vm_ids(ca)
-        assert ca.call("VM.stat", id=tmp_source_id(vid))[1].power_state is not PowerState.Running
+        ca.call("VM.remove", id=tmp_source_id(vid))
     finally:
         hva.close()
         hvb.close()
+
+
+@pytest.mark.parametrize(("fault", "says"), [(IMAGE_CUT, "restore"), (SYNC_3_LOST, "sync 4")],
+                         ids=["image-cut", "sync-3-lost"])
+def test_a_break_past_the_suspend_stops_the_source_and_cleans_the_destination(
+    hosts: tuple[XcHost, XcHost], fault: Fault, says: str
+) -> None:
+    """A busy guest, so that pre-copy runs rounds before the suspend; then the
+    image loses its end (the restore fails), or the control connection breaks
+    as sync 3 passes (the restore succeeded; sync 3 never comes). Spec §4.4.4:
+    the task fails; the source is not resumed; the destination removes its
+    domain and every record of the temporary VM."""
+    a, b = hosts
+    ca = a.daemon.xml()
+    vid = running_vm(ca)
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        before_b = _domains(hvb)
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.guest_config(src, workload_rate=WORKLOAD_PAGES_PER_SECOND, workload_pattern="random")
+        with unix_relay(b.daemon.sockets, fault) as relay:
+            err, updates = failed_migration(ca, vid, relay.url)
+        assert isinstance(err, InternalError) and says in str(err), err
+        assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
+        assert src not in _domains(hva) and vid not in vm_ids(ca)
+        assert_destination_clean(b.daemon, vid)
+        eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        ca.call("VM.remove", id=tmp_source_id(vid))
+    finally:
+        hva.close()
+        hvb.close()
+
+
+def test_a_lost_sync_4_leaves_the_vm_on_the_destination_only(hosts: tuple[XcHost, XcHost]) -> None:
+    """Spec §4.4.4: no sync 4 is an internal error at the source, where the VM
+    already runs on the destination: the source's renamed copy is stopped,
+    the destination runs the guest under its real id."""
+    a, b = hosts
+    ca, cb = a.daemon.xml(), b.daemon.xml()
+    vid = running_vm(ca)
+    hva = a.emu.client()
+    try:
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        with unix_relay(b.daemon.sockets, SYNC_4_LOST) as relay:
+            err, updates = failed_migration(ca, vid, relay.url)
+        assert isinstance(err, InternalError) and "sync 4" in str(err), err
+        assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
+        assert src not in _domains(hva) and vid not in vm_ids(ca)
+    finally:
+        hva.close()
+    state = cb.call("VM.stat", id=vid)[1]
+    assert state.power_state is PowerState.Running and state.domids
+    assert tmp_dest_id(vid) not in vm_ids(cb) and not stored(b.daemon, tmp_dest_id(vid))
+    ca.call("VM.remove", id=tmp_source_id(vid))
+    success(cb, cb.call("VM.shutdown", id=vid, delay=None))
+
+
+def test_a_break_before_the_suspend_leaves_the_source_running(
+    hosts: tuple[XcHost, XcHost]
+) -> None:
+    """The memory connection drops before the first page: the save fails in
+    pre-copy, with the guest still running; it runs on, and the destination
+    is clean (on the simulator, whose guest suspends first, the same break
+    stops the source)."""
+    a, b = hosts
+    ca = a.daemon.xml()
+    vid = running_vm(ca)
+    src = ca.call("VM.stat", id=vid)[1].domids[0]
+    with unix_relay(b.daemon.sockets, MEMORY_DROPPED) as relay:
+        err, _updates = failed_migration(ca, vid, relay.url)
+    assert isinstance(err, InternalError) and "Broken pipe" in str(err), err
+    state = ca.call("VM.stat", id=vid)[1]
+    assert state.power_state is PowerState.Running and state.domids == [src]
+    assert tmp_source_id(vid) not in vm_ids(ca)
+    assert_destination_clean(b.daemon, vid)
+    success(ca, ca.call("VM.shutdown", id=vid, delay=None))
 
 
 def test_legacy_single_connection_is_received(
