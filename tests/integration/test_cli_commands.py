@@ -17,6 +17,7 @@ from tests.daemon import Daemon
 from tests.integration.test_cli_support import Result, add_vm, cli, xl_config
 from xenopsd.api.devices import VbdType
 from xenopsd.api.vm import PowerState
+from xenopsd.migrate.image import SIGNATURE
 
 MODES = ["table", "json"]
 
@@ -183,6 +184,26 @@ def test_suspend_and_resume_through_a_file(d: Daemon, tmp_path: Path, mode: str)
     r = cli(d, *mode_args(mode), "resume", name, str(image)).ok()
     assert power(d, vm_id) == "Running"
     failed(cli(d, "resume", name, str(image)), 1, "Bad_power_state")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_checkpoint_through_a_file(d: Daemon, tmp_path: Path, mode: str) -> None:
+    name = f"checkpoint-{mode}"
+    vm_id = add_vm(d, tmp_path, name)
+    cli(d, "start", name).ok()
+    domids = d.xml().call("VM.stat", id=vm_id)[1].domids
+    image = tmp_path / "image"
+    image.touch()  # the simulator writes into an existing file only (an attached disk)
+    r = cli(d, *mode_args(mode), "checkpoint", name, str(image)).ok()
+    assert power(d, vm_id) == "Running"
+    assert d.xml().call("VM.stat", id=vm_id)[1].domids == domids
+    assert image.read_bytes().startswith(SIGNATURE)
+    if mode == "json":
+        assert r.doc["power_state"] == "Running"
+    else:
+        assert r.out.strip() == f"{name}: checkpointed (Running)"
+    cli(d, "shutdown", name, "--hard").ok()
+    failed(cli(d, "checkpoint", name, str(image)), 1, "Bad_power_state")
 
 
 @pytest.mark.parametrize("mode", MODES)

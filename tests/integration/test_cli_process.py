@@ -46,6 +46,7 @@ def test_help_lists_every_subcommand() -> None:
         "pause",
         "unpause",
         "suspend",
+        "checkpoint",
         "resume",
         "migrate",
         "cd-insert",

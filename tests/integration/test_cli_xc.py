@@ -94,3 +94,19 @@ def test_suspend_and_resume(host: XcHost, tmp_path: Path) -> None:
     assert state(host, vm_id) == "Running"
     cli(d, "shutdown", "xc-suspend", "--hard").ok()
     cli(d, "remove", "xc-suspend").ok()
+
+
+def test_checkpoint(host: XcHost, tmp_path: Path) -> None:
+    d = host.daemon
+    path, vm_id = xl_config(tmp_path, "xc-checkpoint")
+    cli(d, "create", str(path)).ok()
+    domids = d.xml().call("VM.stat", id=vm_id)[1].domids
+    r = cli(d, "checkpoint", "xc-checkpoint", str(tmp_path / "image")).ok()
+    assert r.out.strip() == "xc-checkpoint: checkpointed (Running)"
+    assert d.xml().call("VM.stat", id=vm_id)[1].domids == domids
+    assert (tmp_path / "image").stat().st_size > 0
+    cli(d, "shutdown", "xc-checkpoint", "--hard").ok()
+    cli(d, "resume", "xc-checkpoint", str(tmp_path / "image")).ok()
+    assert state(host, vm_id) == "Running"
+    cli(d, "shutdown", "xc-checkpoint", "--hard").ok()
+    cli(d, "remove", "xc-checkpoint").ok()

@@ -66,4 +66,4 @@ def test_result_of_the_wrong_type_is_an_internal_error() -> None:
 
 def test_every_method_has_a_distinct_python_name() -> None:
     names = [m.py_name for m in METHODS.values()]
-    assert len(names) == len(set(names)) == 105
+    assert len(names) == len(set(names)) == 106

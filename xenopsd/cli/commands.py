@@ -271,6 +271,13 @@ def cmd_suspend(s: Session, out: Output, args: argparse.Namespace) -> None:
     vm_summary(s, vm.id, "suspended", out, task)
 
 
+def cmd_checkpoint(s: Session, out: Output, args: argparse.Namespace) -> None:
+    vm = s.find_vm(args.vm)
+    disk = disk_arg(args.target, args.vdi)
+    task = s.run(f"checkpointing {vm.name}", "VM.checkpoint", id=vm.id, disk=disk)
+    vm_summary(s, vm.id, "checkpointed", out, task)
+
+
 def cmd_resume(s: Session, out: Output, args: argparse.Namespace) -> None:
     vm = s.find_vm(args.vm)
     disk = disk_arg(args.target, args.vdi)
@@ -831,6 +838,11 @@ def add_commands(sub: Any) -> None:
 
     for name, handler, what in (
         ("suspend", cmd_suspend, "save a VM's memory to a file (or a VDI) and stop it"),
+        (
+            "checkpoint",
+            cmd_checkpoint,
+            "save a running VM's memory to a file (or a VDI) and let it carry on",
+        ),
         ("resume", cmd_resume, "restore a suspended VM from its file (or VDI) and unpause it"),
     ):
         p = cmd(name, handler, what)
