@@ -112,6 +112,9 @@ class Relay:
         self.xml_socket = str(sockets / "xenopsd")
         self.forwarded = str(sockets / "xenopsd.forwarded")
         self.handed_over: list[str] = []
+        self.in_flight = 0
+        """Connections xenopsd holds: each until its handler is done with it."""
+        self._lock = threading.Lock()
         if listener is not None:
             self.listener = listener
             address, port = listener.getsockname()[:2]
@@ -186,14 +189,21 @@ class Relay:
         """Pass `given` to xenopsd, and wait for it to be done with the request."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fwd:
             fwd.connect(self.forwarded)
-            socket.send_fds(fwd, [describe(path, cookie, dict(urllib.parse.parse_qsl(query)))],
-                            [given.fileno()])
-            if given is not conn:
-                given.close()  # xenopsd's copy is the only one: its close is our EOF
-            # xenopsd holds the request until the migration is over; any
-            # response it writes back goes to the client (none on success)
-            while data := fwd.recv(65536):
-                conn.sendall(data)
+            with self._lock:
+                self.in_flight += 1
+            try:
+                socket.send_fds(fwd, [describe(path, cookie,
+                                               dict(urllib.parse.parse_qsl(query)))],
+                                [given.fileno()])
+                if given is not conn:
+                    given.close()  # xenopsd's copy is the only one: its close is our EOF
+                # xenopsd holds the request until the migration is over; any
+                # response it writes back goes to the client (none on success)
+                while data := fwd.recv(65536):
+                    conn.sendall(data)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
 
     @staticmethod
     def _interpose(fault: Fault, client: socket.socket,

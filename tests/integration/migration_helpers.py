@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.daemon import Daemon
 from tests.integration.engine_helpers import failure
+from tests.relay import Relay
 from xenopsd.api.devices import Network
 from xenopsd.api.errors import XenopsError
 from xenopsd.api.updates import VmUpdate
@@ -65,9 +66,12 @@ def stored(d: Daemon, vm_id: str) -> list[Path]:
     return [p for p in (d.root / "db").rglob("*") if vm_id in p.name]
 
 
-def assert_destination_clean(d: Daemon, vid: str) -> None:
-    """The half-received VM is gone from the destination, records and files."""
+def assert_destination_clean(d: Daemon, vid: str, relay: Relay) -> None:
+    """The half-received VM is gone from the destination, records and files,
+    and its handlers let go of every connection (spec §4.4.4: the memory
+    handler is woken in every case)."""
     c = d.xml()
+    eventually(lambda: relay.in_flight == 0, "destination handlers done")
     eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(c), "destination VM gone")
     eventually(lambda: not stored(d, tmp_dest_id(vid)) and not stored(d, vid),
                "destination files gone")

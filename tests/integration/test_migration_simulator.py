@@ -186,7 +186,7 @@ def test_a_break_past_the_suspend_stops_the_source_and_cleans_the_destination(
     source = tmp_source_id(vid) if renamed else vid
     assert_halted_not_resumed(ca, source, updates)
     assert not ({vid, tmp_source_id(vid)} - {source}) & vm_ids(ca)
-    assert_destination_clean(b, vid)
+    assert_destination_clean(b, vid, relay)
     assert not stored(a, tmp_dest_id(vid))
     ca.call("VM.remove", id=source)
     if not renamed:  # nothing on either side is in the way of another go
@@ -242,5 +242,5 @@ def test_a_receiver_failing_after_sync_3_sends_its_error_and_cleans_up(
     assert isinstance(err, InternalError) and "sync 4" in str(err), err
     assert "Hook_failed" in str(err) and "refused" in str(err), err
     assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
-    assert_destination_clean(b, vid)
+    assert_destination_clean(b, vid, relay)
     ca.call("VM.remove", id=tmp_source_id(vid))

@@ -300,7 +300,7 @@ def test_failure_after_the_suspend_resumes_nothing_on_either_side(
         assert "sync 4" in str(err) and "xc_domain_unpause" in str(err), err
         # spec §4.4.4: the destination removed its copy; the source, suspended
         # and renamed, is not resumed (the engine's check shut it down)
-        assert_destination_clean(b.daemon, vid)
+        assert_destination_clean(b.daemon, vid, relay)
         eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
         assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
         assert src not in _domains(hva)
@@ -334,7 +334,7 @@ def test_a_break_past_the_suspend_stops_the_source_and_cleans_the_destination(
         assert isinstance(err, InternalError) and says in str(err), err
         assert_halted_not_resumed(ca, tmp_source_id(vid), updates)
         assert src not in _domains(hva) and vid not in vm_ids(ca)
-        assert_destination_clean(b.daemon, vid)
+        assert_destination_clean(b.daemon, vid, relay)
         eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
         ca.call("VM.remove", id=tmp_source_id(vid))
     finally:
@@ -383,7 +383,7 @@ def test_a_break_before_the_suspend_leaves_the_source_running(
     state = ca.call("VM.stat", id=vid)[1]
     assert state.power_state is PowerState.Running and state.domids == [src]
     assert tmp_source_id(vid) not in vm_ids(ca)
-    assert_destination_clean(b.daemon, vid)
+    assert_destination_clean(b.daemon, vid, relay)
     success(ca, ca.call("VM.shutdown", id=vid, delay=None))
 
 
