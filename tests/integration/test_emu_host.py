@@ -403,6 +403,7 @@ def test_suspended_guest_resumes_and_answers_again(hv: EmuHypervisor,
     suspend_guest(hv, xs, g)
     hv.domain_resume(g.domid)
     xs.resume_domain(g.domid)
+    assert hv.console_read(g.domid).count("booting") == 1  # it carried on, not rebooted
     xs.write(f"{g.home}/control/shutdown", "poweroff")
     xs.wait_for(f"{g.home}/control/shutdown", b"", WAIT)
     assert eventually(lambda: shutdown_code(hv, g.domid) == ShutdownReason.POWEROFF)
