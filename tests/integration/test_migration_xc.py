@@ -342,6 +342,35 @@ def test_a_break_past_the_suspend_stops_the_source_and_cleans_the_destination(
         hvb.close()
 
 
+def test_a_save_failing_past_the_suspend_stops_the_source_under_its_own_id(
+    hosts: tuple[XcHost, XcHost]
+) -> None:
+    """An HVM guest whose device model has died: the sender finds out only
+    after the suspend, when it asks qemu for the device state, so its own
+    save fails past the point of no return, before the rename. Spec §4.4.4:
+    the source is not resumed; the destination, whose image never ends,
+    removes what it received."""
+    a, b = hosts
+    ca = a.daemon.xml()
+    vid = running_vm(ca, hvm=True)
+    hva, hvb = a.emu.client(), b.emu.client()
+    try:
+        before_b = _domains(hvb)
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        hva.kill_device_model(src)
+        with unix_relay(b.daemon.sockets) as relay:
+            err, updates = failed_migration(ca, vid, relay.url)
+            assert isinstance(err, InternalError) and f"saving domain {src}" in str(err), err
+            assert_halted_not_resumed(ca, vid, updates)
+            assert src not in _domains(hva) and tmp_source_id(vid) not in vm_ids(ca)
+            assert_destination_clean(b.daemon, vid, relay)
+        eventually(lambda: _domains(hvb) == before_b, "destination domain gone")
+        ca.call("VM.remove", id=vid)
+    finally:
+        hva.close()
+        hvb.close()
+
+
 def test_a_lost_sync_4_leaves_the_vm_on_the_destination_only(hosts: tuple[XcHost, XcHost]) -> None:
     """Spec §4.4.4: no sync 4 is an internal error at the source, where the VM
     already runs on the destination: the source's renamed copy is stopped,
