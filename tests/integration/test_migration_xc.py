@@ -360,7 +360,8 @@ def test_a_save_failing_past_the_suspend_stops_the_source_under_its_own_id(
         hva.kill_device_model(src)
         with unix_relay(b.daemon.sockets) as relay:
             err, updates = failed_migration(ca, vid, relay.url)
-            assert isinstance(err, InternalError) and f"saving domain {src}" in str(err), err
+            assert isinstance(err, InternalError), err
+            assert f"device model of domain {src} did not save its state" in str(err), err
             assert_halted_not_resumed(ca, vid, updates)
             assert src not in _domains(hva) and tmp_source_id(vid) not in vm_ids(ca)
             assert_destination_clean(b.daemon, vid, relay)

@@ -162,7 +162,7 @@ class Migrations:
                 receiver_owns = True
                 mem = self._open(target, "migrate/mem", tmp_dst, cookies, socks)
                 self._sync(task, mem, "sync 1-mem")
-                ctl.sendall(protocol.success())
+                self._ack(task, ctl, "the 1-mem ACK")
                 with compressed(mem, compress) as wire:
                     e.perform(
                         e.a_vm_save(
@@ -173,7 +173,7 @@ class Migrations:
                 stats = protocol.REPORTS.take(task.id) or SaveStats()
                 mem.close()
                 e.perform(e.a_vm_rename(vm_id, tmp_src, RenameWhen.Pre_migration), task)
-                ctl.sendall(protocol.success())
+                self._ack(task, ctl, "sync 3")
                 try:
                     read_frame(ctl)
                 except (HandshakeError, OSError) as exc:
@@ -237,6 +237,13 @@ class Migrations:
         except OSError as exc:
             task.check_cancelled()
             raise InternalError(f"{what}: {exc}") from None
+
+    def _ack(self, task: TaskHandle, sock: socket.socket, what: str) -> None:
+        try:
+            sock.sendall(protocol.success())
+        except OSError as exc:
+            task.check_cancelled()
+            raise InternalError(f"sending {what}: {exc}") from None
 
     # ---- receiver (spec §14.2) ----------------------------------------------
 

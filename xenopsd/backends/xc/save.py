@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xenopsd import log
@@ -277,24 +278,32 @@ def restore_vm(xc: Xc, task: TaskContext, progress: Callable[[float], None], vm:
 def _save_device_model(hv: EmuHypervisor, domid: int) -> bytes:
     """What xenopsd asks qemu for after the suspend: its device state, through QMP."""
     path = hv.rundir / f"qemu-save.{domid}"
+    try:
+        _qmp(hv.rundir / f"qmp-{domid}", domid, {"execute": "qmp_capabilities"},
+             {"execute": "xen-save-devices-state",
+              "arguments": {"filename": str(path), "live": False}})
+    except (OSError, ValueError) as exc:
+        raise InternalError(f"device model of domain {domid} did not save its state: "
+                            f"{exc}") from None
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _qmp(address: Path, domid: int, *commands: dict[str, object]) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(QMP_TIMEOUT)
-        sock.connect(str(hv.rundir / f"qmp-{domid}"))
+        sock.connect(str(address))
         replies = sock.makefile("rb")
         replies.readline()  # the greeting
-        for command in ({"execute": "qmp_capabilities"},
-                        {"execute": "xen-save-devices-state",
-                         "arguments": {"filename": str(path), "live": False}}):
+        for command in commands:
             sock.sendall(json.dumps(command).encode() + b"\n")
             reply: dict[str, object] = {"event": None}
             while "event" in reply:  # asynchronous events may come before the reply
                 reply = json.loads(replies.readline() or b"{}")
             if "return" not in reply:
                 raise InternalError(f"device model of domain {domid}: {reply.get('error')}")
-    try:
-        return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def _device_state_ok(data: bytes) -> bool:
