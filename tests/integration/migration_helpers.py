@@ -17,7 +17,10 @@ from xenopsd.api.devices import Network
 from xenopsd.api.errors import XenopsError
 from xenopsd.api.updates import VmUpdate
 from xenopsd.api.vm import PowerState
+from xenopsd.migrate import image, pageio
+from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id
+from xenopsd.migrate.receive import receive
 from xenopsd.rpc.client import Client
 
 
@@ -75,3 +78,12 @@ def assert_destination_clean(d: Daemon, vid: str, relay: Relay) -> None:
     eventually(lambda: not {vid, tmp_dest_id(vid)} & vm_ids(c), "destination VM gone")
     eventually(lambda: not stored(d, tmp_dest_id(vid)) and not stored(d, vid),
                "destination files gone")
+
+
+def image_pages(path: Path, nr_pfns: int) -> list[bytes]:
+    """Per-page digests of the memory a suspend image holds."""
+    buf = bytearray(nr_pfns * 4096)
+    with open(path, "rb") as f:
+        got = receive(f.fileno(), image.ImageReader(nr_pfns=nr_pfns), buf, pageio.load())
+    assert got.pages
+    return page_digests(bytes(buf), nr_pfns)

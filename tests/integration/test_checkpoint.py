@@ -18,10 +18,9 @@ import pytest
 
 from tests.daemon import Daemon, running_daemon
 from tests.integration.engine_helpers import error_of, failure, success, wait_task
-from tests.integration.migration_helpers import eventually
+from tests.integration.migration_helpers import eventually, image_pages
 from tests.integration.test_engine_instances import write_hook
 from tests.integration.test_migration_suspend import digests, domid, small_vm
-from tests.integration.test_migration_xc import _image_pages
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from xenopsd.api.errors import BadPowerState, Cancelled, HookFailed, InternalError
 from xenopsd.api.task import Completed, Pending
@@ -127,7 +126,7 @@ def test_checkpoint_images_the_suspend_moment_and_the_guest_carries_on(
         assert frontends(host, dom) == [CONNECTED, CONNECTED]
         console = hv.console_read(dom)
         assert console.count("booting") == 1, console  # carried on, not rebooted
-        assert _image_pages(image_path, len(at_suspend)) == at_suspend
+        assert image_pages(image_path, len(at_suspend)) == at_suspend
         dirtying(host, dom)
         # xenstored reports the resumed domain's next shutdown, so the daemon
         # notices a crash at once (on_crash: Shutdown)

@@ -30,6 +30,7 @@ from tests.integration.migration_helpers import (
     assert_halted_not_resumed,
     eventually,
     failed_migration,
+    image_pages,
     migrate,
     stored,
     vm_ids,
@@ -51,10 +52,9 @@ from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState, VdiDisk
 from xenopsd.backends.xc.backend import vm_uuid
 from xenopsd.emu.client import EmuHypervisor
-from xenopsd.migrate import image, pageio, protocol
+from xenopsd.migrate import protocol
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
-from xenopsd.migrate.receive import receive
 from xenopsd.rpc.client import Client
 
 MEMORY = 64 << 20
@@ -445,16 +445,8 @@ def test_legacy_single_connection_is_received(
         got = memory_of(hvb, state.domids[0])
     finally:
         hvb.close()
-    assert got[: len(_image_pages(path, len(got)))] == _image_pages(path, len(got))
+    assert got[: len(image_pages(path, len(got)))] == image_pages(path, len(got))
     success(cb, cb.call("VM.shutdown", id=vid, delay=None))
-
-
-def _image_pages(path: Path, nr_pfns: int) -> list[bytes]:
-    buf = bytearray(nr_pfns * 4096)
-    with open(path, "rb") as f:
-        got = receive(f.fileno(), image.ImageReader(nr_pfns=nr_pfns), buf, pageio.load())
-    assert got.pages
-    return page_digests(bytes(buf), nr_pfns)
 
 
 def test_localhost_migration_moves_the_guest_to_a_new_domain(
