@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
 from tests.integration.test_xc_support import XcHost, running_xc_host
-from xenopsd.api.devices import BusType, Disabled, LocalNetwork, Pci, PciAddress
+from xenopsd.api.devices import BusType, Disabled, LocalNetwork, Pci, PciAddress, Vusb
 from xenopsd.api.errors import (
     Cancelled,
     DeviceDetachRejected,
@@ -277,3 +277,19 @@ def test_run_script_through_the_agents_batcmd(host: XcHost) -> None:
         assert not xs.exists(base)
     success(c, c.call("VM.shutdown", id=vid, delay=None))
 
+
+
+def test_usb_passthrough_is_refused_plainly_and_harms_nothing(host: XcHost) -> None:
+    """The xc backend has no USB passthrough: a VUSB is listed but never
+    plugged, plugging it answers Unimplemented, unplugging it is a no-op."""
+    c = host.daemon.xml()
+    vid, _ = running_vm(c)
+    usb = Vusb(id=(vid, "usb1-2"), hostbus="1", hostport="2", version="2.00", path="1-2",
+               speed=480.0)
+    c.call("VUSB.add", vusb=usb)
+    assert not c.call("VUSB.stat", id=usb.id)[1].plugged
+    err = failure(c, c.call("VUSB.plug", id=usb.id))
+    assert isinstance(err, Unimplemented) and "VUSB" in str(err), err
+    success(c, c.call("VUSB.unplug", id=usb.id))
+    assert c.call("VM.stat", id=vid)[1].power_state is PowerState.Running
+    success(c, c.call("VM.shutdown", id=vid, delay=None))

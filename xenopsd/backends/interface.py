@@ -37,6 +37,7 @@ from xenopsd.api.devices import (
     Vusb,
     VusbState,
 )
+from xenopsd.api.errors import Unimplemented
 from xenopsd.api.host import CpuPolicy, GuestAgentFeature, Host
 from xenopsd.api.updates import DynamicId
 from xenopsd.api.vm import Disk, Vm, VmId, VmState
@@ -482,3 +483,22 @@ class Backend(ABC):
 def device_key(device_id: DeviceId) -> str:
     """`vm.dev`, the form upstream backends use in their `Does_not_exist` payloads."""
     return f"{device_id[0]}.{device_id[1]}"
+
+
+class WithoutUsbPassthrough:
+    """For backends that cannot pass host USB devices through (yet): a VUSB
+    is never plugged, plugging one says so, and unplugging is a no-op."""
+
+    def vusb_plug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
+        raise Unimplemented("VUSB.plug")
+
+    def vusb_unplug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
+        pass
+
+    def vusb_get_state(self, vm_id: VmId, vusb: Vusb) -> VusbState:
+        return VusbState(plugged=False)
+
+    def vusb_get_device_action_request(
+        self, vm_id: VmId, vusb: Vusb
+    ) -> DeviceActionRequest | None:
+        return None

@@ -54,7 +54,6 @@ from xenopsd.api.devices import (
     Vif,
     VifState,
     Vusb,
-    VusbState,
 )
 from xenopsd.api.errors import (
     AlreadyExists,
@@ -100,6 +99,7 @@ from xenopsd.backends.interface import (
     SaveFlag,
     ShutdownRequest,
     TaskContext,
+    WithoutUsbPassthrough,
 )
 from xenopsd.backends.xc import devnum, save
 from xenopsd.backends.xc.platform import Platform
@@ -247,7 +247,7 @@ def _kib(nbytes: int) -> int:
     return nbytes // 1024
 
 
-class Xc(Backend):
+class Xc(WithoutUsbPassthrough, Backend):
     name = "xc"
 
     def __init__(self, platform: Platform) -> None:
@@ -1541,19 +1541,6 @@ class Xc(Backend):
     def vgpu_get_state(self, vm_id: VmId, vgpu: Vgpu) -> VgpuState:
         active = self._read(f"/vm/{vm_uuid(vm_id)}/devices/vgpu/{vgpu.id[1]}") == "1"
         return VgpuState(active=active, plugged=False)
-
-    def vusb_plug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
-        raise Unimplemented("VUSB.plug")
-
-    def vusb_unplug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
-        pass
-
-    def vusb_get_state(self, vm_id: VmId, vusb: Vusb) -> VusbState:
-        return VusbState(plugged=False)
-
-    def vusb_get_device_action_request(self, vm_id: VmId,
-                                       vusb: Vusb) -> DeviceActionRequest | None:
-        return None
 
     # ---- DEBUG -------------------------------------------------------------
 

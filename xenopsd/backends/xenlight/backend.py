@@ -51,7 +51,6 @@ from xenopsd.api.devices import (
     Vif,
     VifState,
     Vusb,
-    VusbState,
 )
 from xenopsd.api.errors import (
     AlreadyExists,
@@ -88,6 +87,7 @@ from xenopsd.backends.interface import (
     SaveFlag,
     ShutdownRequest,
     TaskContext,
+    WithoutUsbPassthrough,
     device_key,
 )
 from xenopsd.backends.xc import devnum
@@ -163,7 +163,7 @@ def _host_uuid_bytes(handle: str) -> bytes:
     return uuid.UUID(handle).bytes
 
 
-class Xenlight(Backend):
+class Xenlight(WithoutUsbPassthrough, Backend):
     name = "xenlight"
 
     def __init__(self, ctx: Context) -> None:
@@ -930,19 +930,6 @@ class Xenlight(Backend):
 
     def vgpu_get_state(self, vm_id: VmId, vgpu: Vgpu) -> VgpuState:
         return VgpuState(active=False, plugged=False)
-
-    def vusb_plug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
-        raise Unimplemented("VUSB.plug")
-
-    def vusb_unplug(self, task: TaskContext, vm_id: VmId, vusb: Vusb) -> None:
-        pass
-
-    def vusb_get_state(self, vm_id: VmId, vusb: Vusb) -> VusbState:
-        return VusbState(plugged=False)
-
-    def vusb_get_device_action_request(self, vm_id: VmId,
-                                       vusb: Vusb) -> DeviceActionRequest | None:
-        return None
 
     # ---- DEBUG -------------------------------------------------------------------
 
