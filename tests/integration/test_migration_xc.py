@@ -52,6 +52,7 @@ from xenopsd.api.task import Completed
 from xenopsd.api.vm import LocalDisk, PowerState, VdiDisk
 from xenopsd.backends.xc.backend import vm_uuid
 from xenopsd.emu.client import EmuHypervisor
+from xenopsd.emu.testing import guest_downtime
 from xenopsd.migrate import protocol
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
@@ -222,6 +223,10 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         assert memory > asked >= 0
         assert float(stats["downtime_seconds"]) > memory - asked
         assert int(stats["throughput_bytes_per_second"]) > 0
+        # the hypervisors saw the guest stop on one host, then run on the other,
+        # within the operation
+        down = guest_downtime(hva, src, hvb, str(vm_uuid(vid)))
+        assert 0 < down < float(stats["total_seconds"])
         if compress:  # the guest's untouched pages are zeroes: they shrink to nothing
             assert 0 < int(stats["wire_bytes"]) < int(stats["bytes_sent"]) // 2
         else:
