@@ -13,12 +13,20 @@ to it rather than the client's) and breaks the migration at that point of
 the protocol, as a failing network would. Neither daemon is touched, so the
 failure paths of spec migration §4.4.4 run as in production, at points a
 test names exactly rather than by timing.
+
+Given a TLS context (`Pki.terminator`), the relay listens for https and ends
+TLS itself, as the destination's stunnel does (spec §4.4.5). A connection
+carrying TLS cannot be handed over, so each one is proxied: a socketpair,
+a pump thread each way between the TLS connection and one end, and the
+request served on the other end as if it had arrived in plain text (faults
+included).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -27,11 +35,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import trustme
+
 from xenopsd.migrate import protocol
 from xenopsd.rpc.client import http_post
 from xenopsd.rpc.forwarded import describe
 
 MAX_HEAD = 65536
+LOCAL = "127.0.0.1"
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,14 +113,68 @@ def _pass_frames(src: socket.socket, dst: socket.socket, lose: int, last: int,
         dst.shutdown(socket.SHUT_WR)
 
 
+@dataclass(frozen=True)
+class Pki:
+    """Certificates for https relays, made per test run: the `trusted` CA is the
+    one in `bundle` (what a sender's `migration-ca-bundle` names), the
+    `untrusted` one is not."""
+
+    bundle: Path
+    trusted: trustme.CA
+    untrusted: trustme.CA
+
+    @classmethod
+    def create(cls, directory: Path) -> Pki:
+        trusted = trustme.CA()
+        bundle = directory / "pool-ca-bundle.pem"
+        trusted.cert_pem.write_to_path(str(bundle))
+        return cls(bundle, trusted, trustme.CA())
+
+    def terminator(self, trusted: bool = True, name: str = LOCAL) -> ssl.SSLContext:
+        """What the destination presents: a certificate for `name`, TLS 1.2 or
+        later. No session tickets: a TLS 1.3 server writes them after the
+        handshake, which would race the pump thread reading the connection."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.num_tickets = 0
+        (self.trusted if trusted else self.untrusted).issue_cert(name).configure_cert(context)
+        return context
+
+
+def _break(*socks: socket.socket) -> None:
+    """Both halves of the connections at once, at the socket: `SSLSocket.shutdown`
+    would drop the TLS state under the other pump thread."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _proxy(src: socket.socket, dst: socket.socket) -> None:
+    """One direction of TLS termination. The other side sees EOF where this one
+    did; an error breaks both connections, as a failing network would, so that
+    neither peer waits for the other forever."""
+    try:
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+        socket.socket.shutdown(dst, socket.SHUT_WR)
+    except OSError:
+        _break(src, dst)
+
+
 class Relay:
     def __init__(self, sockets: Path, unix_path: Path | None = None,
-                 host: str = "127.0.0.1", listener: socket.socket | None = None,
-                 fault: Fault | None = None) -> None:
+                 host: str = LOCAL, listener: socket.socket | None = None,
+                 fault: Fault | None = None, tls: ssl.SSLContext | None = None) -> None:
         """`sockets`: the destination daemon's sockets directory; listen on
         `listener` (a bound TCP socket, e.g. made in another network
-        namespace), on `unix_path`, or on an ephemeral TCP port of `host`."""
+        namespace), on `unix_path`, or on an ephemeral TCP port of `host`;
+        https with `tls` (TCP only)."""
+        if tls is not None and unix_path is not None:
+            raise ValueError("https needs a TCP listener")
         self.fault = fault
+        self.tls = tls
+        self.refused: list[str] = []
+        """Why each TLS handshake that failed did (say, the sender refused the certificate)."""
         self.xml_socket = str(sockets / "xenopsd")
         self.forwarded = str(sockets / "xenopsd.forwarded")
         self.handed_over: list[str] = []
@@ -118,7 +184,7 @@ class Relay:
         if listener is not None:
             self.listener = listener
             address, port = listener.getsockname()[:2]
-            self.url = f"http://{address}:{port}/services/xenops?session_id=OpaqueRef:test"
+            self.url = f"{self.scheme}://{address}:{port}/services/xenops?session_id=OpaqueRef:test"
         elif unix_path is not None:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(str(unix_path))
@@ -127,10 +193,14 @@ class Relay:
         else:
             self.listener = socket.create_server((host, 0))
             port = self.listener.getsockname()[1]
-            self.url = f"http://{host}:{port}/services/xenops?session_id=OpaqueRef:test"
+            self.url = f"{self.scheme}://{host}:{port}/services/xenops?session_id=OpaqueRef:test"
         self.listener.listen(16)
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -143,7 +213,31 @@ class Relay:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            serve = self._serve if self.tls is None else self._terminate
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    def _terminate(self, conn: socket.socket) -> None:
+        """TLS ends here; the request goes on in plain text over a socketpair."""
+        assert self.tls is not None
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        try:  # the handshake; a failed one closes the connection
+            tls = self.tls.wrap_socket(conn, server_side=True)
+        except OSError as exc:
+            self.refused.append(str(exc))
+            return
+        tls.settimeout(None)
+        outer, inner = socket.socketpair()
+        pumps = [threading.Thread(target=_proxy, args=pair, daemon=True)
+                 for pair in ((tls, outer), (outer, tls))]
+        for pump in pumps:
+            pump.start()
+        try:
+            self._serve(inner)
+        finally:
+            for pump in pumps:
+                pump.join()
+            outer.close()
+            tls.close()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -229,8 +323,9 @@ class Relay:
 @contextlib.contextmanager
 def running_relay(sockets: Path, unix_path: Path | None = None,
                   listener: socket.socket | None = None,
-                  fault: Fault | None = None) -> Iterator[Relay]:
-    relay = Relay(sockets, unix_path, listener=listener, fault=fault)
+                  fault: Fault | None = None,
+                  tls: ssl.SSLContext | None = None) -> Iterator[Relay]:
+    relay = Relay(sockets, unix_path, listener=listener, fault=fault, tls=tls)
     try:
         yield relay
     finally:

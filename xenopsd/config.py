@@ -65,6 +65,14 @@ class Config:
     )
     worker_pool_size: int = field(default=4, metadata={"help": "parallel VM operation workers"})
     hooks_dir: str = field(default="/etc/xapi.d", metadata={"help": "directory of hook scripts"})
+    migration_ca_bundle: str = field(
+        default="/etc/stunnel/xapi-pool-ca-bundle.pem",
+        metadata={
+            "help": "CA certificates (PEM) that the certificate of an https migration"
+            " destination must chain to, naming the URL's host, when VM.migrate asks for"
+            " verify_dest; the default is xapi's pool bundle"
+        },
+    )
     hypervisor: str = field(
         default="xen", metadata={"help": "xc backend's hypervisor: xen, or emu:DIR"}
     )

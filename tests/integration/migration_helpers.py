@@ -6,17 +6,18 @@ and what both sides must look like after a failure past the source's suspend
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.daemon import Daemon
-from tests.integration.engine_helpers import failure
+from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
 from tests.relay import Relay
 from xenopsd.api.devices import Network
 from xenopsd.api.errors import XenopsError
 from xenopsd.api.updates import VmUpdate
-from xenopsd.api.vm import PowerState
+from xenopsd.api.vm import LocalDisk, PowerState
 from xenopsd.migrate import image, pageio
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id
@@ -26,12 +27,23 @@ from xenopsd.rpc.client import Client
 
 def migrate(c: Client, vid: str, url: str, compress: bool = False,
             vdi_map: dict[str, str] | None = None,
-            vif_map: dict[str, Network] | None = None) -> str:
+            vif_map: dict[str, Network] | None = None, verify_dest: bool = False) -> str:
     task: str = c.call("VM.migrate", id=vid, vdi_map=vdi_map or {}, vif_map=vif_map or {},
                        pci_map={},
-                       xenops_url=url, compress=compress, verify_dest=False,
+                       xenops_url=url, compress=compress, verify_dest=verify_dest,
                        localhost_migration=False)
     return task
+
+
+def running_vm(c: Client) -> str:
+    """A VM of the engine tests' default shape, running, with a disk and a NIC."""
+    vid = str(uuid.uuid4())
+    c.call("VM.add", vm=make_vm(vid))
+    c.call("VBD.add", vbd=make_vbd(vid, "xvda", backend=LocalDisk("/dev/sda")))
+    c.call("VIF.add", vif=make_vif(vid, 0))
+    success(c, c.call("VM.start", id=vid, paused=False))
+    success(c, c.call("VM.unpause", id=vid))
+    return vid
 
 
 def vm_ids(c: Client) -> set[str]:
@@ -46,11 +58,12 @@ def eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> 
         time.sleep(0.05)
 
 
-def failed_migration(c: Client, vid: str, url: str) -> tuple[XenopsError, list[Any]]:
+def failed_migration(c: Client, vid: str, url: str,
+                     verify_dest: bool = False) -> tuple[XenopsError, list[Any]]:
     """A VM.migrate that must fail: its error, and what the source's update
     stream reported from the call to the task's end."""
     last = c.call("UPDATES.last_id")
-    err = failure(c, migrate(c, vid, url))
+    err = failure(c, migrate(c, vid, url, verify_dest=verify_dest))
     _barriers, ids, _last = c.call("UPDATES.get", last_id=last, timeout=0)
     return err, ids
 

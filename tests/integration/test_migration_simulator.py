@@ -10,7 +10,6 @@ failure from the memory transfer on is one past the point of no return.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ import pytest
 from tests.daemon import Daemon, running_daemon
 from tests.integration.engine_helpers import (
     error_of,
-    make_vbd,
-    make_vif,
-    make_vm,
     success,
     wait_task,
 )
@@ -32,6 +28,7 @@ from tests.integration.migration_helpers import (
     eventually,
     failed_migration,
     migrate,
+    running_vm,
     stored,
     vm_ids,
 )
@@ -46,7 +43,7 @@ from tests.relay import (
 )
 from xenopsd.api.errors import Cancelled, DoesNotExist, InternalError
 from xenopsd.api.task import Completed
-from xenopsd.api.vm import LocalDisk, PowerState
+from xenopsd.api.vm import PowerState
 from xenopsd.migrate.protocol import tmp_dest_id, tmp_source_id
 from xenopsd.migrate.save import SaveStats
 from xenopsd.rpc.client import Client
@@ -73,16 +70,6 @@ def clients(request: pytest.FixtureRequest,
     if request.param == "json":
         return a.json(), b.json()
     return a.xml(), b.xml()
-
-
-def running_vm(c: Client) -> str:
-    vid = str(uuid.uuid4())
-    c.call("VM.add", vm=make_vm(vid))
-    c.call("VBD.add", vbd=make_vbd(vid, "xvda", backend=LocalDisk("/dev/sda")))
-    c.call("VIF.add", vif=make_vif(vid, 0))
-    success(c, c.call("VM.start", id=vid, paused=False))
-    success(c, c.call("VM.unpause", id=vid))
-    return vid
 
 
 def test_migrate_moves_the_vm_and_its_devices(clients: tuple[Client, Client],

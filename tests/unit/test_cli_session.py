@@ -251,6 +251,22 @@ def test_migration_summary_of_what_the_engine_reports_over_xml_rpc() -> None:
     assert record["statistics"]["pages_per_round"] == [16]
 
 
+def test_migrate_over_https_asks_for_verification(capsys: pytest.CaptureFixture[str]) -> None:
+    """An https destination goes to the daemon as given, with --verify-dest as verify_dest."""
+    log.configure("warning")
+    vm = SimpleNamespace(id="0b7c9e8e-5d3c-4f1a-9a51-0123456789ab", name="web")
+    url = "https://10.0.0.2/services/xenops?session_id=OpaqueRef:x"
+    for flags, verify in (([], False), (["--verify-dest"], True)):
+        c = Scripted([Completed(Completion(duration=1.0, result={}))],
+                     VM_list=[(vm, VmState())], VM_migrate="7")
+        s = Session(lambda c=c: c, show_progress=False)  # type: ignore[arg-type,misc]
+        args = build_parser().parse_args(["migrate", "web", url, *flags])
+        args.handler(s, Output(False), args)
+        assert c.args["VM.migrate"]["xenops_url"] == url
+        assert c.args["VM.migrate"]["verify_dest"] is verify
+    assert capsys.readouterr().out.startswith(f"web: migrated to {url}\n")
+
+
 def test_migrate_shows_progress_and_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI side of migrate end to end: the call it makes, the bar with the phase the
     daemon reports, and the summary from the task's result."""

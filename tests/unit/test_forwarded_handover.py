@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.relay import Pki
 from xenopsd.migrate import protocol
+from xenopsd.migrate.protocol import Target
 from xenopsd.rpc import forwarded
 
 
@@ -78,6 +83,62 @@ def test_frames() -> None:
             protocol.read_frame(b)
     long = protocol.failure("x" * 100000)
     assert int.from_bytes(long[:2], "big") == protocol.MAX_MESSAGE == len(long) - 2
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://dest/services/xenops?session_id=x",
+     Target("tcp", "dest", 443, "/services/xenops", "session_id=x", tls=True)),
+    ("https://10.0.0.2:8443/services/xenops/",
+     Target("tcp", "10.0.0.2", 8443, "/services/xenops", "", tls=True)),
+    ("https://[fd00::2]", Target("tcp", "fd00::2", 443, "/services/xenops", "", tls=True)),
+    ("http://dest/services/xenops", Target("tcp", "dest", 80, "/services/xenops", "")),
+    ("http+unix://%2Frun%2Fxapi/services/xenops",
+     Target("unix", "/run/xapi", 0, "/services/xenops", "")),
+])
+def test_parse_url(url: str, expected: Target) -> None:
+    assert protocol.parse_url(url) == expected
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("https:///services/xenops", "no host"),
+    ("https://dest:99999/services/xenops", "bad port"),
+    ("ftp://dest/services/xenops", r"unsupported .*'ftp' \(http, https, http\+unix\)"),
+])
+def test_parse_url_refuses(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        protocol.parse_url(url)
+
+
+def test_client_context(pki: Pki, tmp_path: Path) -> None:
+    """TLS only for https; verification only with verify_dest, against the bundle,
+    which must be readable and hold a certificate."""
+    https = protocol.parse_url("https://dest/services/xenops")
+    missing = str(tmp_path / "missing.pem")
+    assert protocol.client_context(protocol.parse_url("http://dest/"), True, missing) is None
+    loose = protocol.client_context(https, False, missing)
+    assert loose is not None and loose.verify_mode is ssl.CERT_NONE and not loose.check_hostname
+    strict = protocol.client_context(https, True, str(pki.bundle))
+    assert strict is not None and strict.verify_mode is ssl.CERT_REQUIRED and strict.check_hostname
+    assert loose.minimum_version is strict.minimum_version is ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ValueError, match=f"cannot load the CA bundle {missing} .*No such file"):
+        protocol.client_context(https, True, missing)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=f"cannot load the CA bundle {junk} .*NO_CERTIFICATE"):
+        protocol.client_context(https, True, str(junk))
+
+
+def test_https_connections_are_bounded_and_need_tls(pki: Pki) -> None:
+    """A destination that accepts but never answers the handshake cannot hold
+    the sender past its timeout; an https target refuses to connect in plain text."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        target = protocol.parse_url(f"https://127.0.0.1:{silent.getsockname()[1]}/")
+        with pytest.raises(ValueError, match="TLS context"):
+            target.connect(1.0)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            target.connect(0.5, protocol.client_context(target, True, str(pki.bundle)))
+        assert time.monotonic() - started < 5
 
 
 def test_cookie_parsing_as_xapi_does() -> None:

@@ -7,6 +7,10 @@ here, under the engine and the transports alike, so the sender (in the
 engine), the receiver's fd handover (in `xenopsd.rpc`) and the tests all
 speak from one definition.
 
+An `https` URL makes every connection TLS on the sender (spec §4.4.5);
+the destination's xapi (stunnel) ends TLS before handing the connection
+over, so the receiver never sees it.
+
 `SaveReports` carries a save's statistics from the backend that ran it to
 the engine that reports them, keyed by task: the backend interface's
 `vm_save` returns nothing, as upstream's does.
@@ -15,6 +19,7 @@ the engine that reports them, keyed by task: the backend interface's
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import urllib.parse
@@ -85,17 +90,27 @@ def read_frame(sock: socket.socket) -> None:
         raise HandshakeError(_recv_exactly(sock, length).decode("utf-8", "replace"))
 
 
+class Unverified(ConnectionError):
+    """The destination's certificate failed verification; the text names the host and why."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where `xenops_url` points: a TCP address or a Unix socket, and the base path."""
+    """Where `xenops_url` points: a TCP address (in TLS for https) or a Unix socket,
+    and the base path."""
 
     family: Literal["tcp", "unix"]
     address: str
     port: int
     path: str
     query: str
+    tls: bool = False
 
-    def connect(self, timeout: float | None = None) -> socket.socket:
+    def connect(self, timeout: float | None = None,
+                context: ssl.SSLContext | None = None) -> socket.socket:
+        """A connected socket, its TLS handshake done; `timeout` bounds both."""
+        if self.tls and context is None:
+            raise ValueError(f"{self.address}:{self.port} is https: a TLS context is needed")
         if self.family == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -107,22 +122,60 @@ class Target:
         else:
             sock = socket.create_connection((self.address, self.port), timeout)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self.tls and context is not None:
+                try:  # closes the socket if the handshake fails
+                    sock = context.wrap_socket(sock, server_hostname=self.address)
+                except ssl.SSLCertVerificationError as exc:
+                    raise Unverified(f"the destination {self.address} failed TLS "
+                                     f"verification: {exc.verify_message}") from None
         sock.settimeout(None)
         return sock
 
 
 def parse_url(url: str) -> Target:
-    """`http://host[:port]/services/xenops?session_id=...`, or `http+unix://<quoted socket
-    path>/services/xenops` for a destination reached through a local socket."""
+    """`http[s]://host[:port]/services/xenops?session_id=...`, or `http+unix://<quoted
+    socket path>/services/xenops` for a destination reached through a local socket."""
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/") or SERVICE_PREFIX
-    if parts.scheme == "http":
+    if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"no host in {url!r}")
-        return Target("tcp", parts.hostname, parts.port or 80, path, parts.query)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {url!r}: {exc}") from None
+        tls = parts.scheme == "https"
+        return Target("tcp", parts.hostname, port or (443 if tls else 80), path, parts.query, tls)
     if parts.scheme == "http+unix":
         return Target("unix", urllib.parse.unquote(parts.netloc), 0, path, parts.query)
-    raise ValueError(f"unsupported migration URL scheme {parts.scheme!r} (http, http+unix)")
+    raise ValueError(
+        f"unsupported migration URL scheme {parts.scheme!r} (http, https, http+unix)"
+    )
+
+
+def client_context(target: Target, verify: bool, ca_bundle: str) -> ssl.SSLContext | None:
+    """The TLS side of an https target's connections (spec §4.4.5), None for plain ones.
+
+    Without `verify` the stream is encrypted but the destination is not
+    authenticated, as upstream's stunnel does without `verify_dest`. With it
+    the certificate must chain to `ca_bundle` and name the URL's host; the
+    bundle is read here, before anything has happened to the VM, so that a
+    missing one fails the migration at once.
+    """
+    if not target.tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        context.load_verify_locations(cafile=ca_bundle)
+    except OSError as exc:  # ssl.SSLError too: a file with no certificate in it
+        raise ValueError(f"cannot load the CA bundle {ca_bundle} to verify the "
+                         f"destination: {exc.strerror or exc}") from None
+    return context
 
 
 def put_request(target: Target, route: str, vm_id: str, cookies: Mapping[str, str]) -> bytes:

@@ -11,7 +11,8 @@ the whole migration. A request that routes nowhere, or arrives without an
 fd, gets the `404` upstream writes.
 
 `remote_call` is how a sender calls the destination's `xenops_url`
-(`VM.import_metadata`): XML-RPC with named arguments, as upstream sends it.
+(`VM.import_metadata`): XML-RPC with named arguments, as upstream sends it,
+over the same kind of connection as the migration's own (TLS for https).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,32 +170,32 @@ async def serve(path: str, handler: Handler) -> None:
         listener.close()
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
+class _TargetConnection(http.client.HTTPConnection):
+    """http.client over `Target.connect`: TCP, TLS or a Unix socket, as the URL says."""
+
+    def __init__(self, target: protocol.Target, context: ssl.SSLContext | None,
+                 timeout: float) -> None:
+        host = target.address if target.family == "tcp" else "localhost"
+        super().__init__(host, target.port or None, timeout=timeout)
+        self._target = target
+        self._context = context
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
+        self.sock = self._target.connect(self.timeout, self._context)
+        self.sock.settimeout(self.timeout)
 
 
 def remote_call(url: str, dbg: str, wire: str, args: dict[str, Any],
-                timeout: float = 120.0) -> Any:
-    """One call on the destination's `xenops_url`; its error is raised as ours."""
+                context: ssl.SSLContext | None, timeout: float = 120.0) -> Any:
+    """One call on the destination's `xenops_url` (TLS by `context` when it is https);
+    its error is raised as ours."""
     try:
         target = protocol.parse_url(url)
     except ValueError as exc:
         raise InternalError(str(exc)) from None
     method = METHODS[wire]
     body = xmltext.method_call(wire, [encode_args(wire, dbg, args)]).encode()
-    conn: http.client.HTTPConnection
-    if target.family == "unix":
-        conn = _UnixHTTPConnection(target.address, timeout)
-    else:
-        conn = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
+    conn = _TargetConnection(target, context, timeout)
     query = f"?{target.query}" if target.query else ""
     try:
         conn.request("POST", target.path + query, body,

@@ -2,8 +2,8 @@
 VM_receive_memory and its memory connection (spec behaviour §14, migration §4.3-§4.4).
 
 The engine owns the sequence; the sockets come from elsewhere. On the
-sender, connections are opened here from `xenops_url` (plain sockets and
-the `PUT` of `migrate.protocol`), but the XML-RPC calls to the destination
+sender, connections are opened here from `xenops_url` (sockets, TLS ones
+for https, and the `PUT` of `migrate.protocol`), but the XML-RPC calls to the destination
 (`VM.import_metadata`, and `VM.remove` to take it back when the receiver
 never got to it) need the wire codecs, which live above the engine: the
 daemon injects them as `remote_call`. On the receiver, the transport
@@ -22,7 +22,10 @@ apart as `suspend_seconds`.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,14 +47,19 @@ from xenopsd.server.tasks import TaskHandle
 
 logger = log.get(__name__)
 
-RemoteCall = Callable[[str, str, str, dict[str, Any]], Any]
-"""(xenops_url, dbg, wire method, named arguments) -> its result; remote errors are raised."""
+RemoteCall = Callable[[str, str, str, dict[str, Any], ssl.SSLContext | None], Any]
+"""(xenops_url, dbg, wire method, named arguments, TLS for https) -> its result;
+remote errors are raised."""
+
+CONNECT_TIMEOUT = 30.0
+"""How long the sender waits for a connection to the destination, TLS handshake included."""
 
 MEM_TIMEOUT = 60.0
 """How long the receiver waits for the memory connection after the sender's ACK."""
 
 
-def _no_remote(url: str, dbg: str, method: str, args: dict[str, Any]) -> Any:
+def _no_remote(url: str, dbg: str, method: str, args: dict[str, Any],
+               context: ssl.SSLContext | None) -> Any:
     raise InternalError("this daemon has no client for remote xenopsd calls")
 
 
@@ -79,9 +87,12 @@ class _MemConnection:
 
 
 def _shutdown(socks: list[socket.socket]) -> None:
+    """Break the connections under whoever is using them. The plain socket's
+    shutdown, also for TLS ones: `SSLSocket.shutdown` would drop the TLS
+    state under a pump thread that may be in the middle of a write."""
     for s in socks:
         with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(s, socket.SHUT_RDWR)
 
 
 class Migrations:
@@ -91,8 +102,10 @@ class Migrations:
         export_metadata: Callable[[VmId, dict[str, str], dict[str, Network]], str],
         remove: Callable[[TaskHandle, VmId], None],
         instance_id: str,
+        ca_bundle: str,
     ) -> None:
         self.engine = engine
+        self.ca_bundle = ca_bundle
         self.export_metadata = export_metadata
         self.remove = remove
         self.instance_id = instance_id
@@ -108,6 +121,7 @@ class Migrations:
         vm_id: VmId,
         url: str,
         compress: bool,
+        verify_dest: bool,
         vdi_map: dict[str, str],
         vif_map: dict[str, Network],
         localhost: bool,
@@ -119,6 +133,7 @@ class Migrations:
         e.backend.vm_assert_can_save(vm)
         try:
             target = protocol.parse_url(url)
+            tls = protocol.client_context(target, verify_dest, self.ca_bundle)
         except ValueError as exc:
             raise InternalError(str(exc)) from None
         tmp_src, tmp_dst = protocol.tmp_source_id(vm_id), protocol.tmp_dest_id(vm_id)
@@ -133,7 +148,7 @@ class Migrations:
             e.backend.vm_wait_ballooning(task, vm)
         state = e.backend.vm_get_state(vm)
         metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
-        self.remote_call(url, task.dbg, "VM.import_metadata", {"metadata": metadata})
+        self.remote_call(url, task.dbg, "VM.import_metadata", {"metadata": metadata}, tls)
         receiver_owns = False  # from sync 1 on the receiver cleans up after itself
         cookies = {
             "instance_id": self.instance_id,
@@ -157,13 +172,14 @@ class Migrations:
 
         try:
             with task.with_cancel(lambda: _shutdown(socks)):
-                ctl = self._open(target, "migrate/vm", tmp_dst, {**cookies, **memory}, socks)
+                ctl = self._open(target, tls, "migrate/vm", tmp_dst, {**cookies, **memory},
+                                 socks)
                 self._sync(task, ctl, "sync 1")
                 receiver_owns = True
-                mem = self._open(target, "migrate/mem", tmp_dst, cookies, socks)
+                mem = self._open(target, tls, "migrate/mem", tmp_dst, cookies, socks)
                 self._sync(task, mem, "sync 1-mem")
                 self._ack(task, ctl, "the 1-mem ACK")
-                with compressed(mem, compress) as wire:
+                with outgoing(mem, compress) as wire:
                     e.perform(
                         e.a_vm_save(
                             vm_id, wire.fd, None, (SaveFlag.Live,), on_suspend=mark_suspend
@@ -183,7 +199,7 @@ class Migrations:
                 resumed_at = time.monotonic()
         except Exception:
             if not receiver_owns:
-                self._take_back(url, task.dbg, tmp_dst)
+                self._take_back(url, tls, task.dbg, tmp_dst)
             raise
         finally:
             for s in socks:
@@ -201,27 +217,28 @@ class Migrations:
         stopped_at = stats.stopped_at or suspended_at
         result = statistics(stats, resumed_at - stopped_at, time.monotonic() - started)
         result["suspend_seconds"] = round(stopped_at - suspended_at, 4)
-        result["wire_bytes"] = wire.bytes if compress else stats.bytes_sent
+        result["wire_bytes"] = stats.bytes_sent if wire.bytes is None else wire.bytes
         logger.info("migrate.done", vm=vm_id, **result)
         return result
 
-    def _take_back(self, url: str, dbg: str, tmp_dst: VmId) -> None:
+    def _take_back(self, url: str, tls: ssl.SSLContext | None, dbg: str, tmp_dst: VmId) -> None:
         """Best effort: the destination forgets the metadata its receiver never used."""
         try:
-            self.remote_call(url, dbg, "VM.remove", {"id": tmp_dst})
+            self.remote_call(url, dbg, "VM.remove", {"id": tmp_dst}, tls)
         except Exception as exc:
             logger.info("migrate.take_back_failed", vm=tmp_dst, error=str(exc))
 
     def _open(
         self,
         target: protocol.Target,
+        tls: ssl.SSLContext | None,
         route: str,
         vm_id: VmId,
         cookies: dict[str, str],
         socks: list[socket.socket],
     ) -> socket.socket:
         try:
-            sock = target.connect(timeout=30.0)
+            sock = target.connect(CONNECT_TIMEOUT, tls)
         except OSError as exc:
             raise InternalError(f"cannot reach the destination for {route}: {exc}") from None
         socks.append(sock)
@@ -390,20 +407,24 @@ def statistics(stats: SaveStats, downtime: float, total: float) -> dict[str, Any
 
 @dataclass
 class Wire:
-    """Where a save writes, and (compressed) how many bytes went on the connection."""
+    """Where a save writes, and how many bytes a pump put on the connection
+    (None: the save wrote to the connection itself)."""
 
     fd: int
-    bytes: int = 0
+    bytes: int | None = None
 
 
 @contextlib.contextmanager
-def compressed(sock: socket.socket, on: bool) -> Iterator[Wire]:
-    """The socket, or a pipe that a thread compresses into it."""
-    if not on:
+def outgoing(sock: socket.socket, compress: bool) -> Iterator[Wire]:
+    """The fd a save writes to: the socket itself where its native `writev`
+    can go straight to the connection, else a pipe that a thread drains into
+    it. zstd (spec §4.4.6) and TLS (§4.4.5) have no fd of their own to write
+    to; with both, zstd comes first, since ciphertext does not compress."""
+    if not compress and not isinstance(sock, ssl.SSLSocket):
         yield Wire(sock.fileno())
         return
-    wire = Wire(-1)
-    with _pump(sock, compress=True, wire=wire) as fd:
+    wire = Wire(-1, 0)
+    with _pump(sock, outbound=True, compress=compress, wire=wire) as fd:
         wire.fd = fd
         yield wire
 
@@ -414,54 +435,72 @@ def decompressed(sock: socket.socket, on: bool) -> Iterator[int]:
     if not on:
         yield sock.fileno()
         return
-    with _pump(sock, compress=False) as fd:
+    with _pump(sock, outbound=False, compress=True) as fd:
         yield fd
 
 
-@contextlib.contextmanager
-def _pump(sock: socket.socket, compress: bool, wire: Wire | None = None) -> Iterator[int]:
-    """zstd over the whole memory stream (spec §4.4.6), in a thread beside the save/restore."""
-    import os
+def _copy(src: io.FileIO, write: Callable[[memoryview], object]) -> int:
+    """Everything `src` holds until its EOF, in big writes; how many bytes it was."""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    total = 0
+    while n := src.readinto(buf):
+        write(view[:n])
+        total += n
+    return total
 
+
+@contextlib.contextmanager
+def _pump(sock: socket.socket, outbound: bool, compress: bool,
+          wire: Wire | None = None) -> Iterator[int]:
+    """A thread beside the save or restore, at the far end of a pipe: outbound it
+    puts what the save wrote on the connection (compressed if asked) and counts
+    it in `wire`, inbound it decompresses what arrives."""
     import zstandard
 
     r, w = os.pipe()
     errors: list[BaseException] = []
 
-    def run() -> None:
-        try:
+    def send() -> None:
+        with os.fdopen(r, "rb", buffering=0) as src, sock.makefile("wb") as raw:
             if compress:
                 cctx = zstandard.ZstdCompressor(level=1)
-                with (
-                    os.fdopen(r, "rb", buffering=0) as src,
-                    sock.makefile("wb") as raw,
-                    cctx.stream_writer(raw, closefd=False) as out,
-                ):
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                if wire is not None:
-                    wire.bytes = cctx.frame_progression()[2]
+                with cctx.stream_writer(raw, closefd=False) as z:
+                    _copy(src, z.write)
+                sent = cctx.frame_progression()[2]
             else:
-                dctx = zstandard.ZstdDecompressor()
-                with (
-                    os.fdopen(w, "wb", buffering=0) as dst,
-                    sock.makefile("rb") as incoming,
-                    dctx.stream_reader(incoming, closefd=False) as zsrc,
-                ):
-                    while chunk := zsrc.read(1 << 20):
-                        dst.write(chunk)
+                sent = _copy(src, raw.write)
+        if wire is not None:
+            wire.bytes = sent
+
+    def receive() -> None:
+        dctx = zstandard.ZstdDecompressor()
+        with (
+            os.fdopen(w, "wb", buffering=0) as dst,
+            sock.makefile("rb") as incoming,
+            dctx.stream_reader(incoming, closefd=False) as zsrc,
+        ):
+            while chunk := zsrc.read(1 << 20):
+                dst.write(chunk)
+
+    def run() -> None:
+        try:
+            if outbound:
+                send()
+            else:
+                receive()
         except BaseException as exc:  # reported by the caller after the join
             errors.append(exc)
 
-    thread = threading.Thread(target=run, name="zstd", daemon=True)
+    thread = threading.Thread(target=run, name="pump", daemon=True)
     thread.start()
-    mine = w if compress else r
+    mine = w if outbound else r
     try:
         yield mine
     finally:
         os.close(mine)
-        if not compress:
+        if not outbound:
             _shutdown([sock])
         thread.join()
-    if errors and compress:
-        raise InternalError(f"compressing the memory stream: {errors[0]}")
+    if errors and outbound:
+        raise InternalError(f"sending the memory stream: {errors[0]}")

@@ -120,7 +120,11 @@ class Service:
         self.updates = self.engine.updates
         self.tasks = self.engine.tasks
         self.migrations = Migrations(
-            self.engine, self.export_metadata, self._do_vm_remove, self.instance_id
+            self.engine,
+            self.export_metadata,
+            self._do_vm_remove,
+            self.instance_id,
+            config.migration_ca_bundle,
         )
         self.numa_policy: NumaAffinityPolicy | None = None
         self.observers: dict[str, dict[str, Any]] = {}
@@ -562,7 +566,8 @@ class Service:
         def run(t: TaskHandle) -> Any:
             try:
                 return self.migrations.send(
-                    t, id, xenops_url, compress, vdi_map, vif_map, localhost_migration
+                    t, id, xenops_url, compress, verify_dest, vdi_map, vif_map,
+                    localhost_migration,
                 )
             except Exception:
                 for target in cleanup:
