@@ -79,7 +79,7 @@ def test_https_with_verify_dest_moves_the_vm(daemons: tuple[Daemon, Daemon], pki
     assert isinstance(task.state, Completed)
     stats: dict[str, object] = task.state.completion.result  # type: ignore[assignment]
     # the pump between the save and TLS counts what it sent: the whole image,
-    # framing included, where the save counts its own stream
+    # where the simulator's save counts only the memory stream inside it
     if not compress:
         assert int(stats["wire_bytes"]) > int(stats["bytes_sent"]) > 0
     else:

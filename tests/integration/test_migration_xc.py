@@ -5,7 +5,9 @@ domain outlives it, so after the move it holds the guest's final memory
 (the guest wrote nothing after its suspend): the destination's pages must
 equal it checksum for checksum, and the source must be gone. The relay
 plays the destination's xapi: it forwards `VM.import_metadata` and hands
-every connection over through `xenopsd.forwarded`.
+every connection over through `xenopsd.forwarded`; on https it ends TLS
+first, with a certificate the source's `migration-ca-bundle` trusts, and the
+move asks for `verify_dest`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tests.relay import (
     SYNC_3_LOST,
     SYNC_4_LOST,
     Fault,
+    Pki,
     Relay,
     running_relay,
     unix_relay,
@@ -63,8 +66,10 @@ WORKLOAD_PAGES_PER_SECOND = 20000
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XcHost, XcHost]]:
-    with running_xc_host(tmp_path_factory.mktemp("a")) as a, \
+def hosts(tmp_path_factory: pytest.TempPathFactory,
+          pki: Pki) -> Iterator[tuple[XcHost, XcHost]]:
+    with running_xc_host(tmp_path_factory.mktemp("a"),
+                         "--migration-ca-bundle", str(pki.bundle)) as a, \
             running_xc_host(tmp_path_factory.mktemp("b")) as b:
         yield a, b
 
@@ -119,11 +124,15 @@ def other_network_namespace() -> Iterator[socket.socket]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-@pytest.fixture(params=["unix", "tcp", "netns"])
-def relay(request: pytest.FixtureRequest, hosts: tuple[XcHost, XcHost]) -> Iterator[Relay]:
+@pytest.fixture(params=["unix", "tcp", "netns", "tls"])
+def relay(request: pytest.FixtureRequest, hosts: tuple[XcHost, XcHost],
+          pki: Pki) -> Iterator[Relay]:
+    """The destination's xapi on a Unix socket, on TCP, on TCP in another network
+    namespace, or on https with a certificate the source's bundle trusts."""
     sockets = hosts[1].daemon.sockets
-    if request.param == "tcp":
-        with running_relay(sockets) as r:
+    if request.param in ("tcp", "tls"):
+        tls = pki.terminator() if request.param == "tls" else None
+        with running_relay(sockets, tls=tls) as r:
             yield r
         return
     if request.param == "netns":
@@ -174,7 +183,8 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         try:
             task = success(ca, migrate(ca, vid, relay.url, compress,
                                        vdi_map={"sr/source-vdi": "sr/dest-vdi"},
-                                       vif_map={"0": LocalNetwork("xenbr1")}))
+                                       vif_map={"0": LocalNetwork("xenbr1")},
+                                       verify_dest=relay.tls is not None))
             final = page_digests(source.memory, source.log.top_populated())
         finally:
             source.close()
@@ -229,7 +239,7 @@ def test_migrate_moves_every_page_of_a_busy_guest(
         assert 0 < down < float(stats["total_seconds"])
         if compress:  # the guest's untouched pages are zeroes: they shrink to nothing
             assert 0 < int(stats["wire_bytes"]) < int(stats["bytes_sent"]) // 2
-        else:
+        else:  # the save's count, or the TLS pump's: every byte the save wrote
             assert int(stats["wire_bytes"]) == int(stats["bytes_sent"])
         assert relay.handed_over == [f"/services/xenops/migrate/vm/{tmp_dest_id(vid)}",
                                      f"/services/xenops/migrate/mem/{tmp_dest_id(vid)}"]
@@ -436,7 +446,7 @@ def test_legacy_single_connection_is_received(
     tmp = tmp_dest_id(vid)
     cb.call("VM.import_metadata", metadata=md.replace(vid, tmp))
     target = protocol.parse_url(relay.url)
-    with target.connect() as sock:
+    with target.connect(None, protocol.client_context(target, False, "")) as sock:
         sock.sendall(protocol.put_request(target, "memory", tmp, {"final_id": vid, "dbg": "old"}))
         protocol.read_frame(sock)
         sock.sendall(path.read_bytes())
