@@ -175,6 +175,10 @@ class Relay:
         self.tls = tls
         self.refused: list[str] = []
         """Why each TLS handshake that failed did (say, the sender refused the certificate)."""
+        self.server_names: list[str | None] = []
+        """The server name (SNI) each TLS client asked for."""
+        if tls is not None:
+            tls.sni_callback = self._note_server_name
         self.xml_socket = str(sockets / "xenopsd")
         self.forwarded = str(sockets / "xenopsd.forwarded")
         self.handed_over: list[str] = []
@@ -197,6 +201,10 @@ class Relay:
         self.listener.listen(16)
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
+
+    def _note_server_name(self, _sock: ssl.SSLObject, name: str | None,
+                          _context: ssl.SSLContext) -> None:
+        self.server_names.append(name)
 
     @property
     def scheme(self) -> str:

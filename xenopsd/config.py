@@ -68,9 +68,9 @@ class Config:
     migration_ca_bundle: str = field(
         default="/etc/stunnel/xapi-pool-ca-bundle.pem",
         metadata={
-            "help": "CA certificates (PEM) that the certificate of an https migration"
-            " destination must chain to, naming the URL's host, when VM.migrate asks for"
-            " verify_dest; the default is xapi's pool bundle"
+            "help": "CA certificates (PEM) that the pool certificate of an https migration"
+            " destination must chain to when VM.migrate asks for verify_dest; the default"
+            " is xapi's pool bundle"
         },
     )
     hypervisor: str = field(

@@ -29,6 +29,9 @@ from typing import Final, Literal
 
 from xenopsd.migrate.save import SaveStats
 
+POOL_SERVER_NAME: Final = "pool"
+"""The SNI a migration's TLS client sends: xapi then presents its pool certificate."""
+
 ID_PREFIX: Final = 24
 SOURCE_SUFFIX: Final = "000000000000"
 DEST_SUFFIX: Final = "000000000001"
@@ -120,7 +123,7 @@ class Target:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.tls and context is not None:
                 try:  # closes the socket if the handshake fails
-                    sock = context.wrap_socket(sock, server_hostname=self.address)
+                    sock = context.wrap_socket(sock, server_hostname=POOL_SERVER_NAME)
                 except ssl.SSLCertVerificationError as exc:  # OpenSSL may not name the host
                     raise ConnectionError(f"the destination {self.address} failed TLS "
                                           f"verification: {exc.verify_message}") from None
@@ -152,18 +155,20 @@ def parse_url(url: str) -> Target:
 def client_context(target: Target, verify: bool, ca_bundle: str) -> ssl.SSLContext | None:
     """The TLS side of an https target's connections (spec §4.4.5), None for plain ones.
 
-    Without `verify` the stream is encrypted but the destination is not
-    authenticated, as upstream's stunnel does without `verify_dest`. With it
-    the certificate must chain to `ca_bundle` and name the URL's host; the
-    bundle is read here, before anything has happened to the VM, so that a
-    missing one fails the migration at once.
+    As upstream's stunnel: the client asks for the server name `pool`, so
+    that xapi presents its pool certificate, whose only name is the host's
+    UUID; with `verify` that certificate must chain to `ca_bundle`, and no
+    host name is checked (none could match). Without `verify` the stream is
+    encrypted but the destination is not authenticated. The bundle is read
+    here, before anything has happened to the VM, so that a missing one
+    fails the migration at once.
     """
     if not target.tls:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
     if not verify:
-        context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
     try:
