@@ -140,15 +140,19 @@ class Migrations:
         e.perform(e.a_hook(vm_id, Hook.pre_migrate, Reason.source), task)
         e.queues.alias(vm_id, tmp_src)
         started = time.monotonic()
-        if vm.memory_dynamic_min != vm.memory_dynamic_max:
-            # the guest goes as small as it may: less to send, less to find room for
-            state = e.backend.vm_get_state(vm)
-            size = state.memory_actual if localhost else vm.memory_dynamic_min
-            e.perform(e.a_vm_set_memory_dynamic_range(vm_id, size, size), task)
-            e.backend.vm_wait_ballooning(task, vm)
-        state = e.backend.vm_get_state(vm)
         metadata = self.export_metadata(vm_id, vdi_map, vif_map).replace(vm_id, tmp_dst)
         self.remote_call(url, task.dbg, "VM.import_metadata", {"metadata": metadata}, tls)
+        if vm.memory_dynamic_min != vm.memory_dynamic_max:
+            # the guest goes as small as it may: less to send, less to find room for
+            try:
+                state = e.backend.vm_get_state(vm)
+                size = state.memory_actual if localhost else vm.memory_dynamic_min
+                e.perform(e.a_vm_set_memory_dynamic_range(vm_id, size, size), task)
+                e.backend.vm_wait_ballooning(task, vm)
+            except Exception:
+                self._take_back(url, tls, task.dbg, tmp_dst)
+                raise
+        state = e.backend.vm_get_state(vm)
         receiver_owns = False  # from sync 1 on the receiver cleans up after itself
         cookies = {
             "instance_id": self.instance_id,
