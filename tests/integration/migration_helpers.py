@@ -18,6 +18,7 @@ from xenopsd.api.devices import Network
 from xenopsd.api.errors import XenopsError
 from xenopsd.api.updates import VmUpdate
 from xenopsd.api.vm import LocalDisk, PowerState
+from xenopsd.emu.client import EmuHypervisor
 from xenopsd.migrate import image, pageio
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.protocol import tmp_dest_id
@@ -100,3 +101,12 @@ def image_pages(path: Path, nr_pfns: int) -> list[bytes]:
         got = receive(f.fileno(), image.ImageReader(nr_pfns=nr_pfns), buf, pageio.load())
     assert got.pages
     return page_digests(bytes(buf), nr_pfns)
+
+
+def memory_of(hv: EmuHypervisor, domid: int) -> list[bytes]:
+    """Per-page digests of an emulated domain's memory, as it is now."""
+    m = hv.map_memory(domid)
+    try:
+        return page_digests(m.memory, m.log.top_populated())
+    finally:
+        m.close()

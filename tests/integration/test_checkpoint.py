@@ -18,9 +18,9 @@ import pytest
 
 from tests.daemon import Daemon, running_daemon
 from tests.integration.engine_helpers import error_of, failure, success, wait_task
-from tests.integration.migration_helpers import eventually, image_pages
+from tests.integration.migration_helpers import eventually, image_pages, memory_of
 from tests.integration.test_engine_instances import write_hook
-from tests.integration.test_migration_suspend import digests, domid, small_vm
+from tests.integration.test_migration_suspend import domid, small_vm
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from xenopsd.api.errors import BadPowerState, Cancelled, HookFailed, InternalError
 from xenopsd.api.task import Completed, Pending
@@ -70,8 +70,8 @@ def busy(host: XcHost, dom: int) -> None:
 def dirtying(host: XcHost, dom: int) -> None:
     """The guest writes its memory (it was resumed, not left frozen)."""
     with host.emu.client() as hv:
-        before = digests(hv, dom)
-        eventually(lambda: digests(hv, dom) != before, f"domain {dom} writes its memory", 10)
+        before = memory_of(hv, dom)
+        eventually(lambda: memory_of(hv, dom) != before, f"domain {dom} writes its memory", 10)
 
 
 def frontends(host: XcHost, dom: int) -> list[bytes | None]:
@@ -119,7 +119,7 @@ def test_checkpoint_images_the_suspend_moment_and_the_guest_carries_on(
         assert f"-vmdomid {dom}" in held.read_text()
         info = hv.domain_getinfo(dom)
         assert info.shutdown and info.shutdown_code == ShutdownReason.SUSPEND
-        at_suspend = digests(hv, dom)
+        at_suspend = memory_of(hv, dom)
         go.touch()
         success(c, task)
         assert_carries_on(c, vid, [dom])
@@ -136,7 +136,7 @@ def test_checkpoint_images_the_suspend_moment_and_the_guest_carries_on(
         success(c, c.call("VM.resume", id=vid, suspend_vdi=LocalDisk(str(image_path))))
         state = c.call("VM.stat", id=vid)[1]
         assert state.power_state is PowerState.Paused
-        assert digests(hv, state.domids[0]) == at_suspend
+        assert memory_of(hv, state.domids[0]) == at_suspend
         success(c, c.call("VM.unpause", id=vid))
         shut_down_and_remove(c, vid)
     finally:
@@ -173,7 +173,7 @@ def test_fast_resume_carries_on_a_guest_suspended_in_place(host: XcHost) -> None
     try:
         with host.emu.client() as hv:
             suspend_guest(hv, xs, Guest(dom, vid))
-            frozen = digests(hv, dom)
+            frozen = memory_of(hv, dom)
     finally:
         xs.close()
     assert isinstance(c.call("Task.stat", id=hold).state, Pending), "the delay ended too soon"
@@ -182,7 +182,7 @@ def test_fast_resume_carries_on_a_guest_suspended_in_place(host: XcHost) -> None
     assert_carries_on(c, vid, [dom])
     assert frontends(host, dom) == [CONNECTED, CONNECTED]
     with host.emu.client() as hv:
-        eventually(lambda: digests(hv, dom) != frozen, "the resumed guest writes", 10)
+        eventually(lambda: memory_of(hv, dom) != frozen, "the resumed guest writes", 10)
     # the daemon watches the resumed domain again: what its guest agent writes is a VM event
     last = settled(c, vid)
     xs = host.xenstore()

@@ -16,10 +16,10 @@ import pytest
 
 from tests.daemon import Daemon, running_daemon
 from tests.integration.engine_helpers import failure, make_vbd, make_vif, make_vm, success
+from tests.integration.migration_helpers import memory_of
 from tests.integration.test_xc_support import XcHost, running_xc_host
 from xenopsd.api.errors import InternalError
 from xenopsd.api.vm import LocalDisk, PowerState
-from xenopsd.emu.client import EmuHypervisor
 from xenopsd.migrate import image
 from xenopsd.migrate.memguest import page_digests
 from xenopsd.migrate.receive import receive
@@ -48,14 +48,6 @@ def domid(c: Client, vid: str) -> int:
     state = c.call("VM.stat", id=vid)[1]
     assert state.domids, state
     return int(state.domids[0])
-
-
-def digests(hv: EmuHypervisor, dom: int) -> list[bytes]:
-    m = hv.map_memory(dom)
-    try:
-        return page_digests(m.memory, m.log.top_populated())
-    finally:
-        m.close()
 
 
 @pytest.mark.parametrize("hvm", [False, True], ids=["pv", "hvm"])
@@ -93,7 +85,7 @@ def test_suspend_resume_keeps_every_page_and_replugs_devices(
         assert state.power_state is PowerState.Paused
         new = state.domids[0]
         assert new != old
-        assert digests(hv, new) == final
+        assert memory_of(hv, new) == final
         vbd = c.call("VBD.stat", id=(vid, "xvda"))[1]
         vif = c.call("VIF.stat", id=(vid, "0"))[1]
         assert vbd.plugged and vif.plugged

@@ -33,6 +33,7 @@ from tests.integration.migration_helpers import (
     eventually,
     failed_migration,
     image_pages,
+    memory_of,
     migrate,
     stored,
     vm_ids,
@@ -158,14 +159,6 @@ def running_vm(c: Client, hvm: bool = False) -> str:
     success(c, c.call("VM.start", id=vid, paused=False))
     success(c, c.call("VM.unpause", id=vid))
     return vid
-
-
-def memory_of(hv: EmuHypervisor, domid: int) -> list[bytes]:
-    m = hv.map_memory(domid)
-    try:
-        return page_digests(m.memory, m.log.top_populated())
-    finally:
-        m.close()
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
