@@ -62,6 +62,11 @@ class Fault:
     """The connection breaks right after this frame from the receiver was passed on."""
     hold_tail: int = 0
     """The sender's last bytes never arrive: at its EOF the receiver gets EOF early."""
+    hold_to_receiver: int = 0
+    """This frame from the sender waits, the connection open, until the relay
+    lets go (`Relay.release`, or its close); then the connection breaks
+    instead. A test acts on either daemon meanwhile (`Relay.holding` tells
+    when), at a point it names exactly."""
 
 
 MEMORY_DROPPED = Fault("mem", last_to_sender=1)
@@ -73,6 +78,9 @@ SYNC_3_LOST = Fault("vm", lose_to_receiver=2)
 """The control connection breaks as sync 3 passes (the 1-mem ACK is frame 1)."""
 SYNC_4_LOST = Fault("vm", lose_to_sender=2)
 """The control connection breaks as sync 4 passes (sync 1 is frame 1)."""
+SYNC_3_HELD = Fault("vm", hold_to_receiver=2)
+"""Sync 3 waits in the relay: the image is through, the sender has renamed its
+suspended copy, the receiver holds a paused one under the temporary id."""
 
 
 def _read_frame(sock: socket.socket) -> bytes | None:
@@ -97,12 +105,17 @@ def _pass_bytes(src: socket.socket, dst: socket.socket, hold: int) -> None:
 
 
 def _pass_frames(src: socket.socket, dst: socket.socket, lose: int, last: int,
-                 cut: Callable[[], None]) -> None:
+                 cut: Callable[[], None], hold: int = 0,
+                 holding: threading.Event | None = None,
+                 release: threading.Event | None = None) -> None:
     count = 0
     with contextlib.suppress(OSError):
         while (frame := _read_frame(src)) is not None:
             count += 1
-            if count == lose:
+            if count == hold and holding is not None and release is not None:
+                holding.set()
+                release.wait()
+            if count in (lose, hold):
                 cut()
                 return
             dst.sendall(frame)
@@ -184,6 +197,9 @@ class Relay:
         self.handed_over: list[str] = []
         self.in_flight = 0
         """Connections xenopsd holds: each until its handler is done with it."""
+        self.holding = threading.Event()
+        """The fault's held frame has arrived (`Fault.hold_to_receiver`)."""
+        self._release = threading.Event()
         self._lock = threading.Lock()
         if listener is not None:
             self.listener = listener
@@ -210,7 +226,12 @@ class Relay:
     def scheme(self) -> str:
         return "http" if self.tls is None else "https"
 
+    def release(self) -> None:
+        """Let go of the held frame: its connection breaks."""
+        self._release.set()
+
     def close(self) -> None:
+        self.release()
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
@@ -307,8 +328,7 @@ class Relay:
                 with self._lock:
                     self.in_flight -= 1
 
-    @staticmethod
-    def _interpose(fault: Fault, client: socket.socket,
+    def _interpose(self, fault: Fault, client: socket.socket,
                    daemon: socket.socket) -> list[threading.Thread]:
         def cut() -> None:
             for sock in (client, daemon):
@@ -319,7 +339,8 @@ class Relay:
             up = threading.Thread(target=_pass_bytes, args=(client, daemon, fault.hold_tail))
         else:
             up = threading.Thread(target=_pass_frames,
-                                  args=(client, daemon, fault.lose_to_receiver, 0, cut))
+                                  args=(client, daemon, fault.lose_to_receiver, 0, cut,
+                                        fault.hold_to_receiver, self.holding, self._release))
         down = threading.Thread(target=_pass_frames, args=(
             daemon, client, fault.lose_to_sender, fault.last_to_sender, cut))
         for pump in (up, down):

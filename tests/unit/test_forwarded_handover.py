@@ -66,6 +66,23 @@ def test_temporary_ids() -> None:
     vm = "0b7c9e8e-5d3c-4f1a-9a51-123456789abc"
     assert protocol.tmp_dest_id(vm) == "0b7c9e8e-5d3c-4f1a-9a51-000000000001"
     assert protocol.tmp_source_id(vm) == "0b7c9e8e-5d3c-4f1a-9a51-000000000000"
+    assert protocol.temporary_side(protocol.tmp_source_id(vm)) == "source"
+    assert protocol.temporary_side(protocol.tmp_dest_id(vm)) == "destination"
+
+
+@pytest.mark.parametrize(("vm_id", "side"), [
+    ("0b7c9e8e-5d3c-4f1a-9a51-000000000000", "source"),
+    ("0b7c9e8e-5d3c-4f1a-9a51-000000000001", "destination"),
+    ("0b7c9e8e-5d3c-4f1a-9a51-123456789abc", None),
+    ("0b7c9e8e-5d3c-4f1a-9a51-000000000002", None),
+    ("0b7c9e8e-5d3c-4f1a-9a51-0000000000010", None),
+    ("000000000000", None),  # shorter than the prefix: never temporary
+    ("000000000001", None),
+    ("vm0", None),
+    ("", None),
+])
+def test_temporary_side(vm_id: str, side: str | None) -> None:
+    assert protocol.temporary_side(vm_id) == side
 
 
 def test_frames() -> None:

@@ -53,6 +53,20 @@ def tmp_dest_id(vm_id: str) -> str:
     return vm_id[:ID_PREFIX] + DEST_SUFFIX
 
 
+def temporary_side(vm_id: str) -> Literal["source", "destination"] | None:
+    """Which end of a migration `vm_id` is the temporary copy on, if it is one.
+
+    Only a migration in progress knows these ids; a daemon restarted after
+    dying in one finds them with this, since no client ever will. An id of
+    24 characters or fewer never matches: its temporary ids are longer.
+    """
+    if vm_id == tmp_source_id(vm_id):
+        return "source"
+    if vm_id == tmp_dest_id(vm_id):
+        return "destination"
+    return None
+
+
 class HandshakeError(Exception):
     """The other side reported a failure (its text), closed the connection, or spoke HTTP."""
 

@@ -28,7 +28,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from xenopsd.backends.interface import RenameWhen, SaveFlag
 from xenopsd.migrate import protocol
 from xenopsd.migrate.protocol import HandshakeError, read_frame
 from xenopsd.migrate.save import SaveStats
+from xenopsd.server.atomics import Atomic
 from xenopsd.server.engine import Engine
 from xenopsd.server.hooks import Hook, Reason
 from xenopsd.server.tasks import TaskHandle
@@ -209,21 +210,23 @@ class Migrations:
             for s in socks:
                 s.close()
         logger.info("migrate.downtime_end", vm=vm_id)
-        e.perform_atomics(
-            [
-                e.a_hook(tmp_src, Hook.pre_destroy, Reason.suspend),
-                *e.vm_shutdown_atoms(tmp_src, None),
-                e.a_hook(tmp_src, Hook.post_destroy, Reason.suspend),
-                e._leaf(f"VM_remove {tmp_src}", lambda t: self.remove(t, tmp_src), None),
-            ],
-            task,
-        )
+        e.perform_atomics(self._source_removal_atoms(tmp_src), task)
         stopped_at = stats.stopped_at or suspended_at
         result = statistics(stats, resumed_at - stopped_at, time.monotonic() - started)
         result["suspend_seconds"] = round(stopped_at - suspended_at, 4)
         result["wire_bytes"] = stats.bytes_sent if wire.bytes is None else wire.bytes
         logger.info("migrate.done", vm=vm_id, **result)
         return result
+
+    def _source_removal_atoms(self, tmp_src: VmId) -> list[Atomic]:
+        """The end of the source's copy once it has moved (spec §14.1 step 9)."""
+        e = self.engine
+        return [
+            e.a_hook(tmp_src, Hook.pre_destroy, Reason.suspend),
+            *e.vm_shutdown_atoms(tmp_src, None),
+            e.a_hook(tmp_src, Hook.post_destroy, Reason.suspend),
+            e._leaf(f"VM_remove {tmp_src}", lambda t: self.remove(t, tmp_src), None),
+        ]
 
     def _take_back(self, url: str, tls: ssl.SSLContext | None, dbg: str, tmp_dst: VmId) -> None:
         """Best effort: the destination forgets the metadata its receiver never used."""
@@ -265,6 +268,41 @@ class Migrations:
         except OSError as exc:
             task.check_cancelled()
             raise InternalError(f"sending {what}: {exc}") from None
+
+    # ---- start-up -----------------------------------------------------------
+
+    def discard_leftovers(self, vm_ids: Iterable[VmId]) -> set[VmId]:
+        """Queue the removal of every VM under a temporary id; return those ids.
+
+        Only the migration that made such a VM knows its id, and at start-up
+        that migration died with the previous process: nobody would ever
+        remove it. A destination copy goes as the receiver's own failure
+        path would take it (spec §4.4.4); a source copy had been suspended
+        and renamed, so it goes as after sync 4, hooks included: before
+        sync 4 xapi shuts a suspended source down rather than resume it,
+        and no client can reach it under this id anyway.
+        """
+        e = self.engine
+        leftovers: set[VmId] = set()
+        for vm_id in vm_ids:
+            side = protocol.temporary_side(vm_id)
+            if side is None:
+                continue
+            leftovers.add(vm_id)
+            if side == "destination":
+                why = "the receive that owned it died with the previous process"
+
+                def body(t: TaskHandle, vm_id: VmId = vm_id) -> None:
+                    self._discard(t, vm_id)
+            else:
+                why = "suspended and renamed by a send that died with the previous process"
+
+                def body(t: TaskHandle, vm_id: VmId = vm_id) -> None:
+                    e.perform_atomics(self._source_removal_atoms(vm_id), t)
+            logger.info("startup.discard_migration_leftover", vm=vm_id, side=side, why=why)
+            task = e.tasks.create("resync", visible=False)
+            e.queue(task, vm_id, f"VM_discard {vm_id}", body)
+        return leftovers
 
     # ---- receiver (spec §14.2) ----------------------------------------------
 

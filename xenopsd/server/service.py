@@ -8,8 +8,9 @@ check (does the VM exist, is it in the right power state) happens inside
 the task and is reported through `Task.stat`, as upstream does.
 
 `build_service` does all start-up work: open the store, announce every
-stored object in the update stream, start the backend, resync with the
-domains it still runs, start the worker pools.
+stored object in the update stream, start the backend, discard what
+migrations that died with the previous process left under temporary ids,
+resync with the domains it still runs, start the worker pools.
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ class Service:
             except XenopsError as exc:
                 logger.debug("startup.no_internal_state", vm=vm_id, error=str(exc))
         registered = set(self.db.vm_ids())
+        leftovers = self.migrations.discard_leftovers(sorted(registered))
         for vm_id in self.backend.managed_vms():
-            if vm_id in registered:
+            if vm_id in registered - leftovers:
                 self.engine.queue_check(CheckTarget("VM", vm_id), dbg="resync")
         logger.info("service.started", vms=len(registered), backend=self.backend.name)
 
