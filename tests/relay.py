@@ -67,6 +67,8 @@ class Fault:
     lets go (`Relay.release`, or its close); then the connection breaks
     instead. A test acts on either daemon meanwhile (`Relay.holding` tells
     when), at a point it names exactly."""
+    hold_after: int = 0
+    """The same on the memory connection: the image stops after this many bytes."""
 
 
 MEMORY_DROPPED = Fault("mem", last_to_sender=1)
@@ -81,6 +83,9 @@ SYNC_4_LOST = Fault("vm", lose_to_sender=2)
 SYNC_3_HELD = Fault("vm", hold_to_receiver=2)
 """Sync 3 waits in the relay: the image is through, the sender has renamed its
 suspended copy, the receiver holds a paused one under the temporary id."""
+IMAGE_HELD = Fault("mem", hold_after=256 << 10)
+"""The image stops after its first 256 KiB: the receiver is restoring into its
+new domain, the sender is in its first pre-copy round, its guest running."""
 
 
 def _read_frame(sock: socket.socket) -> bytes | None:
@@ -92,10 +97,17 @@ def _read_frame(sock: socket.socket) -> bytes | None:
     return head + body if len(body) == length else None
 
 
-def _pass_bytes(src: socket.socket, dst: socket.socket, hold: int) -> None:
+def _pass_bytes(src: socket.socket, dst: socket.socket, hold: int,
+                stop_after: int = 0, stop: Callable[[], None] = lambda: None) -> None:
     held = b""
+    passed = 0
     with contextlib.suppress(OSError):
         while chunk := src.recv(65536):
+            if stop_after and passed + len(chunk) >= stop_after:
+                dst.sendall(chunk[: stop_after - passed])
+                stop()
+                return
+            passed += len(chunk)
             held += chunk
             if len(held) > hold:
                 dst.sendall(held[: len(held) - hold])
@@ -106,16 +118,15 @@ def _pass_bytes(src: socket.socket, dst: socket.socket, hold: int) -> None:
 
 def _pass_frames(src: socket.socket, dst: socket.socket, lose: int, last: int,
                  cut: Callable[[], None], hold: int = 0,
-                 holding: threading.Event | None = None,
-                 release: threading.Event | None = None) -> None:
+                 stop: Callable[[], None] = lambda: None) -> None:
     count = 0
     with contextlib.suppress(OSError):
         while (frame := _read_frame(src)) is not None:
             count += 1
-            if count == hold and holding is not None and release is not None:
-                holding.set()
-                release.wait()
-            if count in (lose, hold):
+            if count == hold:
+                stop()
+                return
+            if count == lose:
                 cut()
                 return
             dst.sendall(frame)
@@ -335,12 +346,17 @@ class Relay:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+        def hold() -> None:
+            self.holding.set()
+            self._release.wait()
+            cut()
+
         if fault.route == "mem":  # bytes towards the receiver; sync 1-mem back
-            up = threading.Thread(target=_pass_bytes, args=(client, daemon, fault.hold_tail))
+            up = threading.Thread(target=_pass_bytes, args=(
+                client, daemon, fault.hold_tail, fault.hold_after, hold))
         else:
-            up = threading.Thread(target=_pass_frames,
-                                  args=(client, daemon, fault.lose_to_receiver, 0, cut,
-                                        fault.hold_to_receiver, self.holding, self._release))
+            up = threading.Thread(target=_pass_frames, args=(
+                client, daemon, fault.lose_to_receiver, 0, cut, fault.hold_to_receiver, hold))
         down = threading.Thread(target=_pass_frames, args=(
             daemon, client, fault.lose_to_sender, fault.last_to_sender, cut))
         for pump in (up, down):

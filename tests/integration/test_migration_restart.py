@@ -5,8 +5,9 @@ Only a migration in progress knows its temporary ids (spec migration §4.3), so
 a VM left under one by a daemon that died would stay forever. The relay holds
 sync 3 (`SYNC_3_HELD`): the image is through, the sender has suspended and
 renamed its copy, the receiver holds a paused one under the destination's
-temporary id. One daemon is then killed and restarted on the same database
-(and, for `xc`, the same emulated host, where its domains outlive it).
+temporary id; or it holds the image part-way (`IMAGE_HELD`). One daemon
+is then killed and restarted on the same database (and, for `xc`, the same
+emulated host, where its domains outlive it).
 VMs under ordinary ids, running or not, are left to the usual resync.
 """
 
@@ -27,7 +28,7 @@ from tests.integration.migration_helpers import (
 )
 from tests.integration.test_engine_instances import write_hook
 from tests.integration.test_xc_support import running_xc_host
-from tests.relay import SYNC_3_HELD, Relay, unix_relay
+from tests.relay import IMAGE_HELD, SYNC_3_HELD, Relay, unix_relay
 from xenopsd.api.errors import InternalError
 from xenopsd.api.vm import PowerState
 from xenopsd.emu.client import EmuHypervisor
@@ -63,9 +64,9 @@ def restart(d: Daemon) -> Daemon:
 
 
 def held_migration(c: Client, vid: str, relay: Relay) -> str:
-    """A VM.migrate stopped at sync 3 by the relay: its task."""
+    """A VM.migrate stopped where the relay's fault holds it: its task."""
     task = migrate(c, vid, relay.url)
-    assert relay.holding.wait(HOLD_TIMEOUT), "sync 3 never came"
+    assert relay.holding.wait(HOLD_TIMEOUT), "the migration never got to the held point"
     return task
 
 
@@ -95,6 +96,35 @@ def test_xc_destination_killed_while_receiving_drops_its_temporary_vm(tmp_path: 
             cb = b.restart_daemon().xml()
             assert_source_failed_cleanly(ca, vid, task)
         assert src not in _domains(hva)
+        eventually(lambda: tmp_dest_id(vid) not in vm_ids(cb), "temporary VM gone")
+        eventually(lambda: _domains(hvb) == before_b, "temporary domain gone")
+        assert not stored(b.daemon, tmp_dest_id(vid)) and vid not in vm_ids(cb)
+        assert_untouched(cb, running, domids, lookalike)
+
+
+def test_xc_destination_killed_mid_stream_drops_its_temporary_vm(tmp_path: Path) -> None:
+    """The image stops part-way (`IMAGE_HELD`): the sender is still in pre-copy,
+    its guest running. The destination dies and restarts; then the memory
+    connection breaks. Spec §4.4.4: the source runs on, the destination keeps
+    nothing."""
+    with running_xc_host(tmp_path / "a") as a, running_xc_host(tmp_path / "b") as b, \
+            a.emu.client() as hva, b.emu.client() as hvb:
+        ca, cb = a.daemon.xml(), b.daemon.xml()
+        vid = running_vm(ca)
+        src = ca.call("VM.stat", id=vid)[1].domids[0]
+        running, lookalike = bystanders(cb, vid)
+        domids = cb.call("VM.stat", id=running)[1].domids
+        before_b = _domains(hvb)
+        with unix_relay(b.daemon.sockets, IMAGE_HELD) as relay:
+            task = held_migration(ca, vid, relay)
+            assert tmp_dest_id(vid) in vm_ids(cb) and _domains(hvb) - before_b
+            cb = b.restart_daemon().xml()
+            relay.release()
+            assert isinstance(failure(ca, task), InternalError)
+        state = ca.call("VM.stat", id=vid)[1]
+        assert state.power_state is PowerState.Running and state.domids == [src], state
+        assert not hva.domain_getinfo(src).shutdown
+        assert tmp_source_id(vid) not in vm_ids(ca)
         eventually(lambda: tmp_dest_id(vid) not in vm_ids(cb), "temporary VM gone")
         eventually(lambda: _domains(hvb) == before_b, "temporary domain gone")
         assert not stored(b.daemon, tmp_dest_id(vid)) and vid not in vm_ids(cb)
