@@ -76,6 +76,7 @@ def test_temporary_ids() -> None:
     ("0b7c9e8e-5d3c-4f1a-9a51-123456789abc", None),
     ("0b7c9e8e-5d3c-4f1a-9a51-000000000002", None),
     ("0b7c9e8e-5d3c-4f1a-9a51-0000000000010", None),
+    ("00000000-0000-0000-0000-000000000000", None),  # the control domain's UUID
     ("000000000000", None),  # shorter than the prefix: never temporary
     ("000000000001", None),
     ("vm0", None),

@@ -23,6 +23,7 @@ import ssl
 import struct
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -58,8 +59,12 @@ def temporary_side(vm_id: str) -> Literal["source", "destination"] | None:
 
     Only a migration in progress knows these ids; a daemon restarted after
     dying in one finds them with this, since no client ever will. An id of
-    24 characters or fewer never matches: its temporary ids are longer.
+    24 characters or fewer never matches: its temporary ids are longer. Nor
+    does the nil UUID, the control domain's on Xen, which has the shape of
+    a source's temporary id.
     """
+    if vm_id == str(uuid.UUID(int=0)):
+        return None
     if vm_id == tmp_source_id(vm_id):
         return "source"
     if vm_id == tmp_dest_id(vm_id):
