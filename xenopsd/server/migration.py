@@ -210,7 +210,13 @@ class Migrations:
             for s in socks:
                 s.close()
         logger.info("migrate.downtime_end", vm=vm_id)
-        e.perform_atomics(self._source_removal_atoms(tmp_src), task)
+        e.perform_atomics(
+            [
+                *self._source_stop_atoms(tmp_src),
+                e._leaf(f"VM_remove {tmp_src}", lambda t: self.remove(t, tmp_src), None),
+            ],
+            task,
+        )
         stopped_at = stats.stopped_at or suspended_at
         result = statistics(stats, resumed_at - stopped_at, time.monotonic() - started)
         result["suspend_seconds"] = round(stopped_at - suspended_at, 4)
@@ -218,14 +224,13 @@ class Migrations:
         logger.info("migrate.done", vm=vm_id, **result)
         return result
 
-    def _source_removal_atoms(self, tmp_src: VmId) -> list[Atomic]:
-        """The end of the source's copy once it has moved (spec §14.1 step 9)."""
+    def _source_stop_atoms(self, tmp_src: VmId) -> list[Atomic]:
+        """The end of the source's domain once the VM has moved (spec §14.1 step 9)."""
         e = self.engine
         return [
             e.a_hook(tmp_src, Hook.pre_destroy, Reason.suspend),
             *e.vm_shutdown_atoms(tmp_src, None),
             e.a_hook(tmp_src, Hook.post_destroy, Reason.suspend),
-            e._leaf(f"VM_remove {tmp_src}", lambda t: self.remove(t, tmp_src), None),
         ]
 
     def _take_back(self, url: str, tls: ssl.SSLContext | None, dbg: str, tmp_dst: VmId) -> None:
@@ -298,7 +303,7 @@ class Migrations:
                 why = "suspended and renamed by a send that died with the previous process"
 
                 def body(t: TaskHandle, vm_id: VmId = vm_id) -> None:
-                    e.perform_atomics(self._source_removal_atoms(vm_id), t)
+                    self._discard(t, vm_id, self._source_stop_atoms(vm_id))
             logger.info("startup.discard_migration_leftover", vm=vm_id, side=side, why=why)
             task = e.tasks.create("resync", visible=False)
             e.queue(task, vm_id, f"VM_discard {vm_id}", body)
@@ -413,22 +418,22 @@ class Migrations:
         except Exception as exc:
             logger.warning("receive.failed", vm=current, error=str(exc))
             if e.db.vm_opt(current) is not None:
-                self._discard(task, current, shutdown=True)
+                self._discard(task, current, e.vm_shutdown_atoms(current, None))
             with contextlib.suppress(OSError):
                 ctl.sendall(protocol.failure(str(exc)))
             raise
 
-    def _discard(self, task: TaskHandle, vm_id: VmId, shutdown: bool = False) -> None:
-        """Best effort: the half-received VM goes away, domain and records."""
+    def _discard(self, task: TaskHandle, vm_id: VmId, atoms: list[Atomic] | None = None) -> None:
+        """Best effort: a VM no client will ever ask for again goes away, domain
+        (by `atoms`, else a plain destroy) and records, whichever step fails."""
         e = self.engine
-        atoms = e.vm_shutdown_atoms(vm_id, None) if shutdown else [e.a_vm_destroy(vm_id)]
-        for atom in atoms:
+        for atom in atoms if atoms is not None else [e.a_vm_destroy(vm_id)]:
             try:
                 e.perform(atom, task)
             except Cancelled:
                 raise
             except Exception as exc:
-                logger.info("receive.cleanup_step_failed", vm=vm_id, error=str(exc))
+                logger.info("migration.cleanup_step_failed", vm=vm_id, error=str(exc))
         with contextlib.suppress(Exception):
             self.remove(task, vm_id)
 
